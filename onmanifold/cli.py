@@ -1,0 +1,123 @@
+"""The ``onmanifold`` command line: ``train``, ``sample``, ``bench``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _command_line(argv: list[str]) -> str:
+    return "onmanifold " + " ".join(shlex.quote(a) for a in argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="onmanifold",
+        description="Keep diffusion sampling on the data manifold: DSG, Temporal Alignment Guidance and ASCED on one sampling core.",
+        formatter_class=fmt,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # ---------------------------------------------------------------- train
+    tr = sub.add_parser("train", help="train a bundled network from scratch", description="Train one of the bundled networks.", formatter_class=fmt)
+    trs = tr.add_subparsers(dest="what", required=True, metavar="WHAT")
+    td = trs.add_parser("diffusion", help="an eps-prediction diffusion model", formatter_class=fmt,
+                        description="Train the eps-prediction diffusion model of a test bed (EMA weights are saved).")
+    td.add_argument("--bed", required=True, choices=["gmm2d", "digits", "shapes"], help="test bed")
+    td.add_argument("--out", required=True, help="output folder (diffusers pipeline layout for UNets)")
+    td.add_argument("--steps", type=int, default=6000, help="optimiser steps")
+    td.add_argument("--batch-size", type=int, default=128, help="batch size")
+    td.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
+    td.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
+    td.add_argument("--seed", type=int, default=0, help="random seed")
+    td.add_argument("--save-every", type=int, default=0, help="also save snapshots every this many steps (0: never)")
+    tc = trs.add_parser("classifier", help="a guidance or evaluation classifier", formatter_class=fmt,
+                        description="Train the guidance classifier (ConvClassifier) or the independent evaluation classifier (ResidualClassifier) of a bed.")
+    tc.add_argument("--bed", required=True, choices=["digits", "shapes"], help="test bed")
+    tc.add_argument("--role", required=True, choices=["guidance", "eval"], help="guidance: followed by guided sampling; eval: scores samples (FD features, accuracy)")
+    tc.add_argument("--out", required=True, help="output folder")
+    tc.add_argument("--steps", type=int, default=3000, help="optimiser steps")
+    tc.add_argument("--batch-size", type=int, default=128, help="batch size")
+    tc.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle AdamW)")
+    tc.add_argument("--seed", type=int, default=None, help="random seed (default: 1 for guidance, 2 for eval)")
+    for a in (td, tc):
+        a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+        a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    # ---------------------------------------------------------------- sample
+    sp = sub.add_parser("sample", help="draw samples from a bundled model or a diffusers model folder", formatter_class=fmt,
+                        description="Draw samples with the onmanifold sampling loop and save them (.pt tensor + PNG grid).")
+    sp.add_argument("model", help="bundled model name (gmm2d-mlp, digits-unet, shapes-unet) or a diffusers model folder")
+    sp.add_argument("--num-samples", "-n", type=int, default=64, help="number of samples")
+    sp.add_argument("--steps", type=int, default=50, help="sampling steps N (respaced from the T training steps)")
+    sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 ancestral (DDPM when steps = T)")
+    sp.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"], help="timestep respacing")
+    sp.add_argument("--seed", type=int, default=0, help="base seed; sample i uses its own generator seeded by (seed, i)")
+    sp.add_argument("--batch-size", type=int, default=256, help="samples per network call (does not change the samples)")
+    sp.add_argument("--no-clamp", action="store_true", help="do not clamp x0_hat to [-1, 1] (images only)")
+    sp.add_argument("--out", default="samples", help="output folder")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    # ---------------------------------------------------------------- bench
+    bp = sub.add_parser("bench", help="run a benchmark suite (resumable; results under docs/results/)", formatter_class=fmt,
+                        description="Run a benchmark suite cell by cell. Finished cells are written atomically as JSON under RUN_DIR/cells; a rerun skips them.")
+    bp.add_argument("suite", help="suite name (see --list)", nargs="?")
+    bp.add_argument("--list", action="store_true", help="list the suites and exit")
+    bp.add_argument("--run-dir", default=None, help="where cell results go (default: runs/SUITE)")
+    bp.add_argument("--results-dir", default="docs/results", help="where the summary JSON and markdown table go")
+    bp.add_argument("--quick", action="store_true", help="a reduced suite (few samples) for smoke runs")
+    bp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    # ---------------------------------------------------------------- demo
+    dp = sub.add_parser("demo", help="the main job: sample every bundled model and print a quality table", formatter_class=fmt,
+                        description="Sample each bundled model with the onmanifold loop, print a quality table (FD, precision, recall; W1 for gmm2d) and write image grids.")
+    dp.add_argument("--out", default="demo_out", help="output folder for grids and the table")
+    dp.add_argument("--num-samples", type=int, default=500, help="samples per model")
+    dp.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    dp.add_argument("--seed", type=int, default=0, help="base seed")
+    dp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    progress = not getattr(args, "no_progress", False)
+    if args.command == "train":
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        from .train import train_classifier, train_diffusion
+
+        cmd = _command_line(argv)
+        if args.what == "diffusion":
+            out = train_diffusion(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
+                                  seed=args.seed, save_every=args.save_every, command=cmd, progress=progress)
+        else:
+            out = train_classifier(args.bed, args.role, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                   command=cmd, progress=progress)
+        print(f"saved {out}")
+        return 0
+    if args.command == "sample":
+        from .commands import run_sample
+
+        return run_sample(args, progress)
+    if args.command == "bench":
+        from .bench import run_bench_cli
+
+        return run_bench_cli(args, progress, _command_line(argv))
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args, progress)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
