@@ -1,0 +1,361 @@
+"""Resumable runner shared by every benchmark suite.
+
+A :class:`Suite` is a named list of :class:`Cell` (method x setting x shard x seeds) and a function
+``run_cell(cell) -> dict`` of JSON-able metrics. :func:`run_suite` runs the cells in order and writes
+one record per finished cell to ``<run_dir>/cells/<cell.key>.json`` (atomically), so an interrupted
+run (Ctrl-C, SIGKILL, power loss) resumes where it stopped: finished cells are loaded, not rerun;
+at most the cell in flight is lost. :func:`summarize` writes ``<results_dir>/<suite>.json`` and a
+markdown table ``<results_dir>/<suite>.md`` carrying the exact command and date.
+
+Results are strict JSON: a NaN or infinite metric raises :class:`ValueError` naming the cell and
+the metric instead of being written.
+
+Left-over temporary files (``.<key>.json.*.tmp``) of a killed writer are ignored, never read.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+from onmanifold.nets.checkpoint import write_json_atomic
+
+__all__ = ["Cell", "Suite", "run_suite", "summarize"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9.=+-]+")
+_SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+# --------------------------------------------------------------------------------------------- JSON
+
+
+def _canonical(value: Any, where: str) -> Any:
+    """``value`` as plain strict-JSON data (dict with str keys, list, str, int, finite float, bool, None).
+
+    Tuples become lists; numpy scalars and 0-d tensors become Python numbers. Raises
+    :class:`TypeError` for anything else and :class:`ValueError` for NaN/Inf, naming ``where``.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{where} is {value!r}: NaN/Inf is not allowed in results")
+        return float(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} has a non-string key {k!r}; JSON keys must be strings")
+            out[k] = _canonical(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # numpy scalar, 0-d array/tensor
+        return _canonical(value.item(), where)
+    raise TypeError(f"{where} has type {type(value).__name__}, which is not JSON-able")
+
+
+def _dumps_canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-strict JSON constant {name}")
+
+
+def _loads_strict(text: str) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+# --------------------------------------------------------------------------------------------- cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a method on a setting, for one shard and its seeds.
+
+    ``setting`` is stored as plain JSON data (tuples become lists). Equality, hashing and
+    :attr:`key` are all derived from the canonical JSON of the cell, so they agree with each other
+    and are identical across processes (no use of Python's salted ``hash()``).
+    """
+
+    method: str
+    setting: dict = field(default_factory=dict)
+    shard: int = 0
+    seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.method, str) or not self.method:
+            raise TypeError(f"Cell.method must be a non-empty string, got {self.method!r}")
+        if not isinstance(self.setting, dict):
+            raise TypeError(f"Cell.setting must be a dict, got {type(self.setting).__name__}")
+        object.__setattr__(self, "setting", _canonical(self.setting, f"setting of cell {self.method!r}"))
+        if isinstance(self.shard, bool) or not isinstance(self.shard, int):
+            raise TypeError(f"Cell.shard must be an int, got {self.shard!r}")
+        seeds = tuple(self.seeds)
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise TypeError(f"Cell.seeds must be ints, got {seeds!r}")
+        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
+
+    def describe(self) -> dict:
+        """The JSON description stored in each record under ``"cell"``."""
+        return {"method": self.method, "setting": self.setting, "shard": self.shard, "seeds": list(self.seeds)}
+
+    def _canonical_json(self) -> str:
+        return _dumps_canonical(self.describe())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Cell):
+            return NotImplemented
+        return self._canonical_json() == other._canonical_json()
+
+    def __hash__(self) -> int:
+        return hash(self._canonical_json())
+
+    @property
+    def key(self) -> str:
+        """Stable filesystem-safe id: ``<method>__<k=v_...>__shard<n>__<sha1[:10]>``."""
+        digest = hashlib.sha1(self._canonical_json().encode("ascii")).hexdigest()[:10]
+        method = _UNSAFE.sub("_", self.method).strip("._")[:40] or "cell"
+        items = "_".join(
+            f"{k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
+            for k, v in sorted(self.setting.items())
+        )
+        short = _UNSAFE.sub("_", items).strip("._")[:80] or "default"
+        return f"{method}__{short}__shard{self.shard}__{digest}"
+
+
+@dataclass
+class Suite:
+    """A named benchmark: its cells (run in order) and ``run_cell(cell) -> dict`` of metrics."""
+
+    name: str
+    cells: list[Cell]
+    run_cell: Callable[[Cell], dict]
+    description: str = ""
+    columns: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _SUITE_NAME.fullmatch(self.name):
+            raise ValueError(f"suite name {self.name!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (it names files)")
+        self.cells = list(self.cells)
+        seen: dict[str, Cell] = {}
+        for c in self.cells:
+            if not isinstance(c, Cell):
+                raise TypeError(f"suite {self.name!r}: cells must be Cell, got {type(c).__name__}")
+            if c.key in seen:
+                raise ValueError(f"suite {self.name!r}: duplicate cell {c.key}")
+            seen[c.key] = c
+        if self.columns is not None:
+            self.columns = list(self.columns)
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def _load_record(path: Path, cell: Cell) -> dict | None:
+    """The finished record of ``cell`` at ``path``, or None (absent, corrupt or another cell's; warns)."""
+    if not path.is_file():
+        return None
+    try:
+        rec = _loads_strict(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN constants
+        warnings.warn(f"cell file {path} is corrupt ({e}); recomputing cell {cell.key}", RuntimeWarning, stacklevel=3)
+        return None
+    if not (
+        isinstance(rec, dict)
+        and isinstance(rec.get("cell"), dict)
+        and isinstance(rec.get("metrics"), dict)
+        and "seconds" in rec
+        and "finished_at" in rec
+    ):
+        warnings.warn(f"cell file {path} is incomplete; recomputing cell {cell.key}", RuntimeWarning, stacklevel=3)
+        return None
+    try:
+        same = _dumps_canonical(rec["cell"]) == cell._canonical_json()
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        warnings.warn(
+            f"cell file {path} describes another cell ({rec['cell']!r}); recomputing cell {cell.key}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return rec
+
+
+def _compute(suite: Suite, cell: Cell) -> dict:
+    t0 = time.perf_counter()
+    try:
+        metrics = suite.run_cell(cell)
+    except Exception as e:
+        if hasattr(e, "add_note"):
+            e.add_note(f"while running cell {cell.key} of suite {suite.name!r}")
+        raise
+    seconds = time.perf_counter() - t0
+    if not isinstance(metrics, dict):
+        raise TypeError(
+            f"suite {suite.name!r}: run_cell returned {type(metrics).__name__} for cell {cell.key}; expected a dict of metrics"
+        )
+    metrics = _canonical(metrics, f"suite {suite.name!r}, cell {cell.key}: metric")
+    record = {
+        "cell": cell.describe(),
+        "metrics": metrics,
+        "seconds": seconds,
+        "finished_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    # exactly what a later run will load back
+    return _loads_strict(json.dumps(record, allow_nan=False))
+
+
+def run_suite(
+    suite: Suite,
+    run_dir: str | os.PathLike,
+    progress: bool = True,
+    shard_filter: Callable[[Cell], bool] | None = None,
+) -> list[dict]:
+    """Run (or resume) ``suite``; one record per cell in ``<run_dir>/cells/<key>.json``.
+
+    Cells whose file exists, parses and describes the same cell are loaded, not rerun; a corrupt or
+    foreign file is recomputed with a warning. With ``shard_filter``, only cells for which it is
+    true are run; the others are loaded if present, else omitted. Returns the records in suite order,
+    each ``{"cell", "metrics", "seconds", "finished_at"}``.
+    """
+    cells_dir = Path(run_dir) / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    ran = loaded = 0
+    bar = tqdm(total=len(suite.cells), desc=suite.name, unit="cell", disable=not progress)
+    try:
+        for cell in suite.cells:
+            bar.set_description(f"{suite.name}: {cell.method}")
+            path = cells_dir / f"{cell.key}.json"
+            rec = _load_record(path, cell)
+            if rec is None and (shard_filter is None or shard_filter(cell)):
+                rec = _compute(suite, cell)
+                write_json_atomic(path, rec)
+                ran += 1
+            elif rec is not None:
+                loaded += 1
+            if rec is not None:
+                records.append(rec)
+            bar.set_postfix(ran=ran, loaded=loaded, refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+    return records
+
+
+# --------------------------------------------------------------------------------------------- summary
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        text = ""
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (int, str)):
+        text = str(value)
+    else:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _first_seen(dicts: list[dict]) -> list[str]:
+    keys: dict[str, None] = {}
+    for d in dicts:
+        for k in d:
+            keys.setdefault(k, None)
+    return list(keys)
+
+
+def summarize(
+    suite: Suite,
+    records: list[dict],
+    results_dir: str | os.PathLike,
+    command: str | Sequence[str],
+    date: str | _dt.date | None = None,
+) -> tuple[Path, Path]:
+    """Write ``<results_dir>/<suite.name>.json`` and ``.md`` (both atomically); return their paths.
+
+    ``command`` (a string, or an argv list joined with shell quoting) is recorded verbatim; ``date``
+    defaults to today (ISO). The markdown table has one row per record: method, one column per
+    setting key, shard, then ``suite.columns`` or every metric key in first-seen order; floats
+    are shown with 4 significant digits.
+    """
+    results_dir = Path(results_dir)
+    if not isinstance(command, str):
+        command = shlex.join(list(command))
+    if date is None:
+        date = _dt.date.today()
+    if isinstance(date, _dt.date):
+        date = date.isoformat()
+
+    payload = {
+        "suite": suite.name,
+        "description": suite.description,
+        "command": command,
+        "date": date,
+        "records": list(records),
+    }
+    json.dumps(payload, allow_nan=False)  # strict JSON or ValueError, before anything is written
+    json_path = results_dir / f"{suite.name}.json"
+    md_path = results_dir / f"{suite.name}.md"
+
+    settings = [r.get("cell", {}).get("setting", {}) for r in records]
+    metrics = [r.get("metrics", {}) for r in records]
+    setting_cols = _first_seen(settings)
+    metric_cols = list(suite.columns) if suite.columns is not None else _first_seen(metrics)
+    header = ["method", *setting_cols, "shard", *metric_cols]
+    rows = [
+        [_fmt(r.get("cell", {}).get("method")), *(_fmt(s.get(k)) for k in setting_cols),
+         _fmt(r.get("cell", {}).get("shard")), *(_fmt(m.get(k)) for k in metric_cols)]
+        for r, s, m in zip(records, settings, metrics)
+    ]
+    fence = "```"
+    while fence in command:
+        fence += "`"
+    lines = [f"# {suite.name}", ""]
+    if suite.description:
+        lines += [suite.description, ""]
+    lines += ["Command:", "", fence, command, fence, "", f"Date: {date}", ""]
+    lines.append("| " + " | ".join(_fmt(h) for h in header) + " |")
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+
+    write_json_atomic(json_path, payload)
+    _write_text_atomic(md_path, "\n".join(lines) + "\n")
+    return json_path, md_path

@@ -1,0 +1,199 @@
+"""Model adapters: everything the sampler calls is ``model(x_t, t, cond=None) -> eps``.
+
+* any callable with that signature (a plain ``nn.Module`` included);
+* :class:`DiffusersUNetEpsModel` — a diffusers ``UNet2DModel`` whose ``prediction_type`` is
+  ``epsilon``, ``v_prediction`` or ``sample``, converted to eps:
+
+      v      -> eps = sqrt(abar_t) * v + sqrt(1 - abar_t) * x_t        (Salimans & Ho 2022)
+      sample -> eps = (x_t - sqrt(abar_t) * x0) / sqrt(1 - abar_t)
+
+* :class:`GaussianMixtureModel` — the exact eps of a Gaussian mixture data law. With data
+  ``sum_j w_j N(mu_j, s_j^2 I)`` the noised marginal is
+  ``p_t = sum_j w_j N(sqrt(abar_t) mu_j, (abar_t s_j^2 + 1 - abar_t) I)``, whose score is closed form,
+  and ``eps*(x, t) = -sqrt(1 - abar_t) * grad log p_t(x)`` (Tweedie). Used for exact tests.
+
+:func:`load_diffusion_model` opens a bundled model or a diffusers folder and returns the eps-model
+with its :class:`~onmanifold.schedule.NoiseSchedule`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn as nn
+
+from .schedule import NoiseSchedule
+
+__all__ = ["EpsModel", "DiffusersUNetEpsModel", "GaussianMixtureModel", "LoadedModel", "load_diffusion_model", "as_eps_model"]
+
+
+class EpsModel(Protocol):
+    """``model(x_t, t, cond=None) -> eps``; ``t`` is a ``LongTensor`` of training indices, one per sample."""
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
+
+
+class DiffusersUNetEpsModel(nn.Module):
+    """A diffusers ``UNet2DModel`` (or ``UNet2DConditionModel``) as an eps-model.
+
+    Args:
+        unet: the diffusers network.
+        schedule: the training schedule (needed to convert v / sample predictions).
+        prediction_type: 'epsilon', 'v_prediction' or 'sample' (diffusers' scheduler config key).
+
+    ``cond`` is passed as ``class_labels`` to a ``UNet2DModel`` with a class embedding, and as
+    ``encoder_hidden_states`` to a ``UNet2DConditionModel``.
+    """
+
+    def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str = "epsilon") -> None:
+        super().__init__()
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type: expected 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}")
+        self.unet = unet
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self._conditional_unet = type(unet).__name__ == "UNet2DConditionModel"
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if self._conditional_unet:
+            out = self.unet(x, t, encoder_hidden_states=cond).sample
+        elif cond is not None:
+            out = self.unet(x, t, class_labels=cond).sample
+        else:
+            out = self.unet(x, t).sample
+        if self.prediction_type == "epsilon":
+            return out
+        a = self.schedule.abar(t, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        if self.prediction_type == "v_prediction":
+            return a.sqrt() * out + (1 - a).sqrt() * x
+        return (x - a.sqrt() * out) / (1 - a).sqrt()
+
+
+class GaussianMixtureModel(nn.Module):
+    """Exact eps-model of the data law ``sum_j w_j N(mu_j, s_j^2 I)`` under ``schedule``.
+
+    Args:
+        means: ``(K, d)`` component means (or ``(K, C, H, W)``; flattened internally).
+        stds: ``(K,)`` isotropic component standard deviations (or one float).
+        weights: ``(K,)`` mixture weights (normalised), default uniform.
+        schedule: the diffusion schedule.
+
+    Computations run in float64 and are cast back to the input dtype.
+    """
+
+    def __init__(self, means: torch.Tensor, stds: torch.Tensor | float, schedule: NoiseSchedule, weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        means = torch.as_tensor(means, dtype=torch.float64)
+        K = means.shape[0]
+        stds = torch.as_tensor(stds, dtype=torch.float64).expand(K).clone()
+        weights = torch.full((K,), 1.0 / K, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if weights.shape != (K,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights: expected {K} non-negative values with a positive sum, got {weights}")
+        if (stds < 0).any():
+            raise ValueError("stds: expected non-negative standard deviations")
+        self.sample_shape = tuple(means.shape[1:])
+        self.register_buffer("means", means.reshape(K, -1))
+        self.register_buffer("stds", stds)
+        self.register_buffer("weights", weights / weights.sum())
+        self.schedule = schedule
+
+    def _params(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.schedule.abar(t, torch.float64)  # (B,)
+        m = a.sqrt()[:, None, None] * self.means[None]  # (B, K, d)
+        v = a[:, None] * self.stds[None] ** 2 + (1 - a)[:, None]  # (B, K)
+        return m, v
+
+    def component_log_probs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``(B, K)``: ``log w_j + log N(x; sqrt(abar_t) mu_j, v_j I)``."""
+        xf = x.reshape(x.shape[0], -1).double()
+        t = torch.as_tensor(t, dtype=torch.long).expand(x.shape[0])
+        m, v = self._params(t)
+        d = xf.shape[1]
+        sq = (xf[:, None, :] - m).pow(2).sum(-1)
+        return self.weights.log()[None] - 0.5 * d * torch.log(2 * math.pi * v) - 0.5 * sq / v
+
+    def log_prob(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Exact ``log p_t(x)`` per sample, ``(B,)`` float64 (differentiable in ``x``)."""
+        return torch.logsumexp(self.component_log_probs(x, t), dim=1)
+
+    def score(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Exact ``grad_x log p_t(x) = sum_j gamma_j (sqrt(abar_t) mu_j - x) / v_j``, shape of ``x``."""
+        xf = x.reshape(x.shape[0], -1).double()
+        t = torch.as_tensor(t, dtype=torch.long).expand(x.shape[0])
+        m, v = self._params(t)
+        gamma = torch.softmax(self.component_log_probs(x, t), dim=1)  # (B, K)
+        s = (gamma[:, :, None] * (m - xf[:, None, :]) / v[:, :, None]).sum(1)
+        return s.reshape(x.shape).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.long).expand(x.shape[0])
+        a = self.schedule.abar(t, torch.float64).reshape(-1, *([1] * (x.dim() - 1)))
+        return (-(1 - a).sqrt() * self.score(x, t).double()).to(x.dtype)
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` exact draws from the data law (float32)."""
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        x = self.means[comp] + self.stds[comp, None] * z
+        return x.reshape(n, *self.sample_shape).float()
+
+
+@dataclass
+class LoadedModel:
+    """A loaded diffusion model: the eps-model, its schedule, sample shape and metadata."""
+
+    model: Callable
+    schedule: NoiseSchedule
+    sample_shape: tuple[int, ...]
+    meta: dict
+    data_range: tuple[float, float] | None  # clamp range of x0_hat (None: no clamping, e.g. gmm2d)
+    name: str
+
+
+def as_eps_model(model: Any, schedule: NoiseSchedule | None = None, prediction_type: str = "epsilon") -> Callable:
+    """Wrap ``model`` as an eps-model: a diffusers UNet gets :class:`DiffusersUNetEpsModel`, a callable is used as is."""
+    if type(model).__name__ in ("UNet2DModel", "UNet2DConditionModel"):
+        if schedule is None:
+            raise ValueError("schedule: a diffusers UNet needs its NoiseSchedule to be wrapped")
+        return DiffusersUNetEpsModel(model, schedule, prediction_type)
+    if not callable(model):
+        raise TypeError(f"model: expected a callable (x_t, t, cond) -> eps, got {type(model).__name__}")
+    return model
+
+
+def load_diffusion_model(name_or_path: str | os.PathLike) -> LoadedModel:
+    """Open a bundled diffusion model (``gmm2d-mlp``, ``digits-unet``, ``shapes-unet``) or a diffusers folder.
+
+    A diffusers folder is a pipeline folder (``unet/`` + ``scheduler/``) or a ``UNet2DModel`` folder
+    with a ``scheduler_config.json`` beside it; the schedule and ``prediction_type`` come from the
+    scheduler config. Raises :class:`~onmanifold.nets.CheckpointError` on a missing or corrupt folder.
+    """
+    import json
+
+    from .nets.checkpoint import CheckpointError, load_network, read_metadata, resolve_checkpoint
+
+    folder = resolve_checkpoint(name_or_path)
+    meta = read_metadata(folder)
+    net = load_network(folder)
+    if type(net).__name__ == "UNet2DModel":
+        cfg_path = next((p for p in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json") if p.is_file()), None)
+        if cfg_path is None:
+            raise CheckpointError(f"checkpoint {str(folder)!r}: no scheduler/scheduler_config.json, cannot know the noise schedule")
+        try:
+            sched_cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"checkpoint {str(folder)!r}: {cfg_path.name} is not valid JSON ({e})") from e
+        schedule = NoiseSchedule.from_diffusers(sched_cfg)
+        pred = sched_cfg.get("prediction_type", "epsilon")
+        c = net.config
+        shape = (int(c.in_channels), int(c.sample_size), int(c.sample_size))
+        return LoadedModel(DiffusersUNetEpsModel(net, schedule, pred), schedule, shape, meta, (-1.0, 1.0), str(name_or_path))
+    if "schedule" not in meta:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: onmanifold.json has no 'schedule'; is this a diffusion model?")
+    schedule = NoiseSchedule.from_config(meta["schedule"])
+    dim = int(getattr(net, "config", {}).get("dim", 2))
+    return LoadedModel(net, schedule, (dim,), meta, None, str(name_or_path))

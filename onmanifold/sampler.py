@@ -1,0 +1,408 @@
+"""The one sampling loop, its explicit per-step state and its plugin points.
+
+Every method of the library (DPS, DSG, Temporal Alignment Guidance and its baselines, ASCED,
+recorders, corruptions) is a :class:`SamplerPlugin` called at named points of one DDIM(eta) step:
+
+==================  ==============================================================================
+point               what a plugin may do
+==================  ==============================================================================
+``before_model``    move ``state.x_t`` (TAG pre-step, ASCED correction, injected corruption/drift);
+                    change ``state.t`` (time-shift), after which the coefficients are recomputed
+``after_model``     change ``state.eps`` through :meth:`StepState.set_eps` (Epsilon Scaling, CFG)
+``update``          replace ``state.x_prev`` (DPS, DSG; they share :meth:`StepState.loss_gradient`)
+``after_step``      move or observe ``state.x_prev`` (TAG post-step, TCS, detectors, recorders)
+==================  ==============================================================================
+
+One step, in the notation of Song et al. (DDIM, ICLR 2021), with ``a_t = abar_t``:
+
+    eps     = model(x_t, t, cond)
+    x0_hat  = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)          clamped to the data range if clamp_x0
+    eps_hat = (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t)        (= eps without clamping)
+    mu      = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat
+    x_prev  = mu + sigma_t z,   z ~ N(0, I) drawn once per step (only when sigma_t > 0)
+
+Randomness: with ``seed=`` every sample ``i`` owns a generator seeded by ``(seed, i)``; ``x_T`` and
+each step's ``z`` come from it, so sample ``i`` is the same whatever the batch size or the number of
+samples drawn beside it. With ``generator=`` (a ``torch.Generator``) the whole batch draws from one
+generator, as diffusers does.
+
+Gradients: the loop runs under ``torch.no_grad``; when a plugin's :meth:`SamplerPlugin.needs_grad`
+says so for a step, the model call of that step runs in an ``enable_grad`` island with
+``x_t.requires_grad_()``, and :meth:`StepState.loss_gradient` computes ``grad_{x_t} sum_b L_b`` once
+per step and loss, shared by every plugin that asks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .schedule import NoiseSchedule, StepCoefficients
+
+__all__ = ["SamplerPlugin", "StepState", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed"]
+
+
+def per_sample_seed(seed: int, index: int) -> int:
+    """The 64-bit seed of sample ``index`` under base ``seed`` (numpy ``SeedSequence([seed, index])``)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0])
+
+
+class PerSampleGenerators:
+    """One ``torch.Generator`` per sample, seeded by ``(seed, index)``; draws are stacked over the batch."""
+
+    def __init__(self, seed: int, indices: Iterable[int]) -> None:
+        self.seed = int(seed)
+        self.indices = [int(i) for i in indices]
+        self.generators = [torch.Generator().manual_seed(per_sample_seed(seed, i)) for i in self.indices]
+
+    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.stack([torch.randn(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators])
+
+    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.stack([torch.rand(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators])
+
+
+class _BatchGenerator:
+    """The whole batch from one ``torch.Generator`` (diffusers' convention)."""
+
+    def __init__(self, generator: torch.Generator | None, batch: int) -> None:
+        self.generator = generator
+        self.batch = batch
+
+    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.randn((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype)
+
+    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.rand((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype)
+
+
+@dataclass
+class StepState:
+    """Everything one step knows, passed to every plugin.
+
+    ``index`` counts the respaced chain from ``N-1`` (noisiest) down to ``0`` (the DSG paper's ``i``);
+    ``position`` counts the loop from ``0``. ``t``/``t_prev`` are training indices (``t_prev = -1``:
+    the clean end). ``sigma`` is the step's noise std (a float shared by the batch).
+    """
+
+    sampler: "DDIMSampler"
+    model: Callable
+    position: int
+    index: int
+    num_steps: int
+    t: int
+    t_prev: int
+    coeffs: StepCoefficients
+    x_t: torch.Tensor
+    cond: Any
+    sample_indices: list[int]
+    rng: Any
+    eps: torch.Tensor | None = None
+    x0_hat: torch.Tensor | None = None
+    eps_hat: torch.Tensor | None = None
+    mu: torch.Tensor | None = None
+    noise: torch.Tensor | None = None
+    x_prev: torch.Tensor | None = None
+    x_t_graph: torch.Tensor | None = None  # the leaf x_t of the gradient island (None when no plugin asked)
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def sigma(self) -> float:
+        return self.coeffs.sigma
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.x_t.shape[0])
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == 0
+
+    def t_tensor(self, t: int | None = None) -> torch.Tensor:
+        """The step's training index as a ``LongTensor[B]``."""
+        return torch.full((self.batch_size,), self.t if t is None else t, dtype=torch.long)
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Gaussian noise shaped like ``x`` from the per-sample generators (keeps per-sample determinism)."""
+        return self.rng.randn(x.shape[1:], dtype=x.dtype)
+
+    def rand_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Uniform [0, 1) noise shaped like ``x`` from the per-sample generators."""
+        return self.rng.rand(x.shape[1:], dtype=x.dtype)
+
+    def set_eps(self, eps: torch.Tensor) -> None:
+        """Replace ``eps`` and recompute ``x0_hat``, ``eps_hat`` and ``mu`` from it."""
+        self.eps = eps
+        self.x0_hat, self.eps_hat, self.mu = self.sampler.mean_from_eps(self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs)
+
+    def loss_gradient(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], key: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g, L)``: ``g = grad_{x_t} sum_b L_b(x0_hat(x_t))`` through the network, and the per-sample losses ``L``.
+
+        Computed once per step and ``key`` (default: the loss object) and shared by every plugin that
+        asks (DPS and DSG share it). Needs a plugin whose :meth:`SamplerPlugin.needs_grad` is true for
+        this step. Raises ``FloatingPointError`` on a non-finite loss or gradient.
+        """
+        key = id(loss_fn) if key is None else key
+        cached = self.cache.get(("loss_gradient", key))
+        if cached is not None:
+            return cached
+        if self.x_t_graph is None or self.x0_hat is None or not self.x0_hat.requires_grad:
+            raise RuntimeError(
+                "loss_gradient: this step ran without a gradient island; a plugin must return True from needs_grad(state)"
+            )
+        with torch.enable_grad():
+            losses = loss_fn(self.x0_hat)
+            if losses.dim() != 1 or losses.shape[0] != self.batch_size:
+                raise ValueError(f"loss_fn: expected per-sample losses of shape ({self.batch_size},), got {tuple(losses.shape)}")
+            if not torch.isfinite(losses).all():
+                raise FloatingPointError(f"loss_fn: non-finite loss at step t={self.t} for samples {_bad(losses, self.sample_indices)}")
+            (g,) = torch.autograd.grad(losses.sum(), self.x_t_graph, retain_graph=True)
+        if not torch.isfinite(g).all():
+            raise FloatingPointError(f"loss gradient: non-finite at step t={self.t} for samples {_bad(g, self.sample_indices)}")
+        out = (g.detach(), losses.detach())
+        self.cache[("loss_gradient", key)] = out
+        return out
+
+
+def _bad(x: torch.Tensor, indices: list[int]) -> list[int]:
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    return [indices[i] for i in torch.nonzero(bad).flatten().tolist()][:10]
+
+
+class SamplerPlugin:
+    """Base class of every sampler plugin; override the points you need (each default does nothing).
+
+    ``setup`` runs once before sampling (validate the sampler here: DSG refuses ``eta = 0``);
+    ``finish`` once after each batch.
+    """
+
+    def setup(self, sampler: "DDIMSampler") -> None:
+        pass
+
+    def needs_grad(self, state: StepState) -> bool:
+        return False
+
+    def before_model(self, state: StepState) -> None:
+        pass
+
+    def after_model(self, state: StepState) -> None:
+        pass
+
+    def update(self, state: StepState) -> None:
+        pass
+
+    def after_step(self, state: StepState) -> None:
+        pass
+
+    def finish(self, x0: torch.Tensor, sample_indices: list[int]) -> None:
+        pass
+
+
+class DDIMSampler:
+    """DDIM(eta) sampling over ``num_steps`` respaced steps of ``schedule``.
+
+    Args:
+        schedule: the model's training schedule.
+        num_steps: sampling steps ``N`` (``N = T`` and ``eta = 1`` is ancestral DDPM, fixed-small variance).
+        eta: 0 deterministic DDIM, 1 ancestral.
+        spacing: respacing rule (:meth:`NoiseSchedule.timesteps`).
+        clamp_x0: clamp ``x0_hat`` to ``data_range`` (then ``eps_hat`` is recomputed from it).
+        data_range: the data range, default ``(-1, 1)``.
+        timesteps: explicit descending training indices (overrides ``num_steps``/``spacing``).
+    """
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        num_steps: int = 50,
+        eta: float = 0.0,
+        spacing: str = "leading",
+        clamp_x0: bool = True,
+        data_range: tuple[float, float] = (-1.0, 1.0),
+        timesteps: Sequence[int] | None = None,
+    ) -> None:
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"schedule: expected a NoiseSchedule, got {type(schedule).__name__}")
+        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
+        if data_range[0] >= data_range[1]:
+            raise ValueError(f"data_range: expected (low, high) with low < high, got {data_range}")
+        self.schedule = schedule
+        self.eta = float(eta)
+        self.clamp_x0 = bool(clamp_x0)
+        self.data_range = (float(data_range[0]), float(data_range[1]))
+        if timesteps is None:
+            self.timesteps = schedule.timesteps(num_steps, spacing)
+        else:
+            ts = [int(t) for t in timesteps]
+            if not ts or any(a <= b for a, b in zip(ts, ts[1:])) or ts[-1] < 0 or ts[0] >= schedule.T:
+                raise ValueError(f"timesteps: expected strictly descending training indices in [0, {schedule.T - 1}]")
+            self.timesteps = ts
+        self.spacing = spacing
+        self.num_steps = len(self.timesteps)
+
+    @property
+    def stochastic(self) -> bool:
+        """True when some step injects noise (``sigma_t > 0``)."""
+        return any(self.coefficients(p).sigma > 0 for p in range(self.num_steps))
+
+    def coefficients(self, position: int, t: int | None = None) -> StepCoefficients:
+        """Coefficients of loop position ``position`` (optionally with a replaced current time ``t``)."""
+        t_cur = self.timesteps[position] if t is None else int(t)
+        t_prev = self.timesteps[position + 1] if position + 1 < self.num_steps else -1
+        return self.schedule.step_coefficients(t_cur, t_prev, self.eta)
+
+    def mean_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, c: StepCoefficients) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x0_hat, eps_hat, mu)`` of the step (formulas in the module docstring)."""
+        sa, s1a = math.sqrt(c.abar_t), math.sqrt(1 - c.abar_t)
+        x0 = (x_t - s1a * eps) / sa
+        if self.clamp_x0:
+            x0 = x0.clamp(*self.data_range)
+            eps_hat = (x_t - sa * x0) / s1a
+        else:
+            eps_hat = eps
+        mu = math.sqrt(c.abar_prev) * x0 + c.mean_eps_coeff * eps_hat
+        return x0, eps_hat, mu
+
+    def denoise(self, model: Callable, x_t: torch.Tensor, t: int, coeffs: StepCoefficients, cond: Any = None):
+        """``(eps, x0_hat, eps_hat, mu)`` at ``x_t`` (helper for plugins that need an extra model call)."""
+        eps = model(x_t, torch.full((x_t.shape[0],), int(t), dtype=torch.long), cond)
+        return (eps, *self.mean_from_eps(x_t, eps, coeffs))
+
+    # ------------------------------------------------------------------ the loop
+    def sample(
+        self,
+        model: Callable,
+        x_T: torch.Tensor | None = None,
+        *,
+        shape: Sequence[int] | None = None,
+        num_samples: int | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        first_index: int = 0,
+        plugins: Sequence[SamplerPlugin] = (),
+        cond: Any = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+        callback: Callable[[StepState], None] | None = None,
+    ) -> torch.Tensor:
+        """Run the reverse process and return the clean samples.
+
+        Give either ``x_T`` (a ``(B, ...)`` start) or ``shape`` (per sample) with ``num_samples``.
+        Randomness: ``seed`` (per-sample generators for samples ``first_index .. first_index + B - 1``)
+        or ``generator`` (one batch generator); ``seed`` defaults to 0 when neither is given.
+        ``batch_size`` splits the work into chunks without changing the samples (per-sample seeding).
+        ``cond`` is a tensor with one row per sample (chunked along) or any object passed as is.
+        ``callback(state)`` is called after every step (k-diffusion style monitoring).
+        """
+        if x_T is None:
+            if shape is None or num_samples is None:
+                raise ValueError("x_T or (shape, num_samples): give a starting tensor, or a per-sample shape and a sample count")
+            if int(num_samples) < 1:
+                raise ValueError(f"num_samples: expected a positive integer, got {num_samples}")
+            n = int(num_samples)
+        else:
+            if not torch.is_tensor(x_T) or x_T.dim() < 2:
+                raise ValueError(f"x_T: expected a tensor of shape (batch, ...), got {getattr(x_T, 'shape', type(x_T))}")
+            if not torch.isfinite(x_T).all():
+                raise ValueError("x_T: contains NaN or Inf")
+            n = int(x_T.shape[0])
+            shape = tuple(x_T.shape[1:])
+        if generator is not None and seed is not None:
+            raise ValueError("seed, generator: give one of them, not both")
+        if generator is not None and batch_size is not None and batch_size < n:
+            raise ValueError("batch_size: chunking needs per-sample seeding (seed=), not a single generator")
+        if seed is None and generator is None:
+            seed = 0
+        plugins = list(plugins)
+        for p in plugins:
+            if not isinstance(p, SamplerPlugin):
+                raise TypeError(f"plugins: expected SamplerPlugin instances, got {type(p).__name__}")
+            p.setup(self)
+        bs = n if batch_size is None else int(batch_size)
+        if bs < 1:
+            raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+        outs = []
+        chunks = range(0, n, bs)
+        bar = tqdm(total=n * self.num_steps, disable=not progress, desc="sampling", unit="step", mininterval=0.5, leave=False)
+        try:
+            for start in chunks:
+                stop = min(start + bs, n)
+                indices = list(range(first_index + start, first_index + stop))
+                rng = PerSampleGenerators(seed, indices) if generator is None else _BatchGenerator(generator, stop - start)
+                x = rng.randn(shape) if x_T is None else x_T[start:stop].float().clone()
+                c = cond[start:stop] if (torch.is_tensor(cond) and cond.dim() > 0 and cond.shape[0] == n) else cond
+                x0 = self._run(model, x, rng, indices, plugins, c, callback, bar)
+                for p in plugins:
+                    p.finish(x0, indices)
+                outs.append(x0)
+        finally:
+            bar.close()
+        return torch.cat(outs)
+
+    def _run(self, model, x, rng, indices, plugins, cond, callback, bar) -> torch.Tensor:
+        with torch.no_grad():
+            for pos, t in enumerate(self.timesteps):
+                state = StepState(
+                    sampler=self, model=model, position=pos, index=self.num_steps - 1 - pos, num_steps=self.num_steps,
+                    t=t, t_prev=self.timesteps[pos + 1] if pos + 1 < self.num_steps else -1,
+                    coeffs=self.coefficients(pos), x_t=x, cond=cond, sample_indices=indices, rng=rng,
+                )
+                for p in plugins:
+                    p.before_model(state)
+                if state.t != state.coeffs.t:  # a plugin replaced the step's time (time-shift)
+                    state.coeffs = self.coefficients(pos, state.t)
+                if any(p.needs_grad(state) for p in plugins):
+                    with torch.enable_grad():
+                        state.x_t_graph = state.x_t.detach().requires_grad_(True)
+                        state.eps = model(state.x_t_graph, state.t_tensor(), cond)
+                        state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t_graph, state.eps, state.coeffs)
+                else:
+                    state.eps = model(state.x_t, state.t_tensor(), cond)
+                    state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t, state.eps, state.coeffs)
+                if not torch.isfinite(state.eps).all():
+                    raise FloatingPointError(
+                        f"model returned NaN/Inf at step {pos} of {self.num_steps} (t={state.t}) for samples {_bad(state.eps, indices)}"
+                    )
+                for p in plugins:
+                    p.after_model(state)
+                if state.sigma > 0:
+                    state.noise = rng.randn(x.shape[1:], dtype=x.dtype)
+                    state.x_prev = state.mu + state.sigma * state.noise
+                else:
+                    state.x_prev = state.mu
+                for p in plugins:
+                    p.update(state)
+                state.x_prev = state.x_prev.detach()
+                for p in plugins:
+                    p.after_step(state)
+                state.x_prev = state.x_prev.detach()
+                if not torch.isfinite(state.x_prev).all():
+                    raise FloatingPointError(
+                        f"NaN/Inf in the state after step {pos} of {self.num_steps} (t={state.t}) for samples {_bad(state.x_prev, indices)}"
+                    )
+                if callback is not None:
+                    callback(state)
+                x = state.x_prev
+                # drop the graph of this step before the next one
+                state.x_t_graph = None
+                state.cache.clear()
+                bar.update(x.shape[0])
+        return x
+
+
+def sample(model: Callable, schedule: NoiseSchedule, x_T: torch.Tensor | None = None, plugins: Sequence[SamplerPlugin] = (), **kwargs) -> torch.Tensor:
+    """Functional form: ``DDIMSampler(schedule, num_steps, eta, ...).sample(model, x_T, plugins=...)``.
+
+    Sampler options (``num_steps``, ``eta``, ``spacing``, ``clamp_x0``, ``data_range``, ``timesteps``)
+    and sampling options (``shape``, ``num_samples``, ``seed``, ``generator``, ``cond``, ...) are
+    taken from ``kwargs``.
+    """
+    sampler_keys = {"num_steps", "eta", "spacing", "clamp_x0", "data_range", "timesteps"}
+    s_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in sampler_keys}
+    return DDIMSampler(schedule, **s_kwargs).sample(model, x_T, plugins=plugins, **kwargs)

@@ -1,0 +1,270 @@
+"""The resumable benchmark runner: stable keys, resume, corrupt files, strict JSON, summaries, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from onmanifold.bench.runner import Cell, Suite, run_suite, summarize
+
+
+def _trivial_suite(calls: list, n: int = 5, name: str = "trivial") -> Suite:
+    cells = [Cell("m" + str(i % 2), {"index": i, "scale": 0.5 * i}, shard=i % 2, seeds=(i,)) for i in range(n)]
+
+    def run_cell(cell: Cell) -> dict:
+        calls.append(cell)
+        i = cell.setting["index"]
+        return {"value": i, "third": i / 3.0, "label": f"c{i}"}
+
+    return Suite(name, cells, run_cell, description="toy suite", columns=None)
+
+
+def _cell_files(run_dir: Path) -> list[Path]:
+    return sorted(p for p in (run_dir / "cells").iterdir() if not p.name.startswith("."))
+
+
+# ------------------------------------------------------------------------------------------ keys
+
+
+def test_keys_stable_distinct_and_equal_for_equal_cells():
+    a = Cell("dsg", {"gamma": 0.1, "steps": 50}, shard=0, seeds=(0, 1))
+    b = Cell("dsg", {"steps": 50, "gamma": 0.1}, shard=0, seeds=[0, 1])  # other order, list seeds
+    assert a == b and hash(a) == hash(b) and a.key == b.key
+    # a literal: the key must not depend on the process (no salted hash())
+    assert a.key == Cell("dsg", {"gamma": 0.1, "steps": 50}, 0, (0, 1)).key
+    assert a.key.startswith("dsg__gamma=0.1_steps=50__shard0__") and len(a.key.rsplit("__", 1)[1]) == 10
+    others = [
+        Cell("dsg", {"gamma": 0.2, "steps": 50}, 0, (0, 1)),
+        Cell("dsg", {"gamma": 0.1, "steps": 50}, 1, (0, 1)),
+        Cell("dsg", {"gamma": 0.1, "steps": 50}, 0, (0, 2)),
+        Cell("tag", {"gamma": 0.1, "steps": 50}, 0, (0, 1)),
+        Cell("dsg", {"gamma": 0.1}, 0, (0, 1)),
+    ]
+    keys = {a.key} | {c.key for c in others}
+    assert len(keys) == 1 + len(others)
+    assert all(c != a for c in others)
+    weird = Cell("a/b c:*?", {"path": "../x y", "nested": {"k": [1, 2]}})
+    assert all(ch.isalnum() or ch in "._=+-" for ch in weird.key) and not weird.key.startswith(".")
+    # the key is the same in a fresh interpreter (different hash seed)
+    code = "from onmanifold.bench.runner import Cell; print(Cell('dsg', {'gamma': 0.1, 'steps': 50}, 0, (0, 1)).key)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345"})
+    assert out.stdout.strip() == a.key
+
+
+def test_cell_rejects_non_json_settings():
+    with pytest.raises(ValueError):
+        Cell("m", {"x": float("nan")})
+    with pytest.raises(TypeError):
+        Cell("m", {"x": object()})
+    with pytest.raises(TypeError):
+        Cell("m", {1: "int key"})
+    assert Cell("m", {"t": (1, 2)}).setting == {"t": [1, 2]}
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+
+def test_run_and_resume(tmp_path):
+    calls: list = []
+    suite = _trivial_suite(calls)
+    records = run_suite(suite, str(tmp_path / "run"), progress=False)  # str path accepted
+    assert len(calls) == 5 and len(records) == 5
+    files = _cell_files(tmp_path / "run")
+    assert [p.name for p in files] == sorted(f"{c.key}.json" for c in suite.cells)
+    for cell, rec in zip(suite.cells, records):
+        assert rec["cell"] == cell.describe()
+        assert rec["metrics"]["value"] == cell.setting["index"]
+        assert rec["seconds"] >= 0 and isinstance(rec["finished_at"], str)
+        assert json.loads((tmp_path / "run" / "cells" / f"{cell.key}.json").read_text()) == rec
+
+    calls.clear()
+    again = run_suite(suite, tmp_path / "run", progress=False)
+    assert calls == []
+    assert again == records
+
+
+def test_corrupt_cell_file_is_recomputed(tmp_path):
+    calls: list = []
+    suite = _trivial_suite(calls)
+    records = run_suite(suite, tmp_path, progress=False)
+    victim = suite.cells[2]
+    path = tmp_path / "cells" / f"{victim.key}.json"
+    path.write_text(path.read_text()[:25])  # a truncated write
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        again = run_suite(suite, tmp_path, progress=False)
+    assert calls == [victim]
+    assert json.loads(path.read_text())["metrics"] == records[2]["metrics"]
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in records]
+
+
+def test_file_of_another_cell_is_recomputed(tmp_path):
+    calls: list = []
+    suite = _trivial_suite(calls)
+    run_suite(suite, tmp_path, progress=False)
+    a, b = (tmp_path / "cells" / f"{suite.cells[i].key}.json" for i in (0, 1))
+    a.write_text(b.read_text())
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match="another cell"):
+        run_suite(suite, tmp_path, progress=False)
+    assert calls == [suite.cells[0]]
+
+
+def test_nan_metric_raises_and_writes_nothing(tmp_path):
+    cells = [Cell("ok", {"i": 0}), Cell("bad", {"i": 1}), Cell("after", {"i": 2})]
+
+    def run_cell(cell):
+        return {"loss": float("nan") if cell.method == "bad" else 1.0}
+
+    suite = Suite("nan", cells, run_cell)
+    with pytest.raises(ValueError, match=r"(?s)bad__.*'loss'.*nan"):
+        run_suite(suite, tmp_path, progress=False)
+    names = {p.name for p in (tmp_path / "cells").iterdir()}
+    assert names == {f"{cells[0].key}.json"}  # no file (and no temp file) for the bad cell
+
+    suite_inf = Suite("inf", [Cell("bad", {"i": 1})], lambda c: {"nested": {"x": [0.0, math.inf]}})
+    with pytest.raises(ValueError, match="inf"):
+        run_suite(suite_inf, tmp_path / "inf", progress=False)
+    assert list((tmp_path / "inf" / "cells").iterdir()) == []
+
+
+def test_non_dict_result_raises_type_error(tmp_path):
+    cell = Cell("scalar", {"i": 0})
+    suite = Suite("nondict", [cell], lambda c: 0.5)
+    with pytest.raises(TypeError, match=cell.key):
+        run_suite(suite, tmp_path, progress=False)
+    assert list((tmp_path / "cells").iterdir()) == []
+
+
+def test_numpy_and_tensor_scalars_are_converted(tmp_path):
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    suite = Suite("np", [Cell("m", {})], lambda c: {"a": np.float32(0.25), "b": np.int64(3), "c": torch.tensor(2.0)})
+    (rec,) = run_suite(suite, tmp_path, progress=False)
+    assert rec["metrics"] == {"a": 0.25, "b": 3, "c": 2.0}
+
+
+def test_shard_filter(tmp_path):
+    calls: list = []
+    suite = _trivial_suite(calls)
+    recs = run_suite(suite, tmp_path, progress=False, shard_filter=lambda c: c.shard == 0)
+    assert [c.shard for c in calls] == [0, 0, 0] and len(recs) == 3
+    calls.clear()
+    recs = run_suite(suite, tmp_path, progress=False, shard_filter=lambda c: c.shard == 1)
+    assert [c.shard for c in calls] == [1, 1]
+    assert [r["metrics"]["value"] for r in recs] == [0, 1, 2, 3, 4]  # other shard loaded, suite order
+
+
+def test_duplicate_cells_rejected():
+    with pytest.raises(ValueError, match="duplicate"):
+        Suite("dup", [Cell("m", {"a": 1}), Cell("m", {"a": 1})], lambda c: {})
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def test_summarize_writes_json_and_markdown(tmp_path):
+    calls: list = []
+    suite = _trivial_suite(calls)
+    records = run_suite(suite, tmp_path / "run", progress=False)
+    command = "python -m onmanifold bench trivial --out 'results dir'"
+    jp, mp = summarize(suite, records, str(tmp_path / "results"), command, date="2025-01-02")
+    assert jp == tmp_path / "results" / "trivial.json" and mp == tmp_path / "results" / "trivial.md"
+    data = json.loads(jp.read_text())
+    assert data["suite"] == "trivial" and data["command"] == command and data["date"] == "2025-01-02"
+    assert data["description"] == "toy suite" and data["records"] == records
+    md = mp.read_text()
+    assert f"```\n{command}\n```" in md and "2025-01-02" in md and md.startswith("# trivial")
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[0] == "| method | index | scale | shard | value | third | label |"
+    assert len(table) == 2 + 5
+    assert table[2 + 4] == "| m0 | 4 | 2 | 0 | 4 | 1.333 | c4 |"  # 4 significant digits
+    assert not [p for p in (tmp_path / "results").iterdir() if p.name.startswith(".")]  # no temp files
+
+    suite.columns = ["third"]
+    _, mp = summarize(suite, records, tmp_path / "results", ["run.py", "--x", "a b"])
+    md = mp.read_text()
+    assert "| method | index | scale | shard | third |" in md and "run.py --x 'a b'" in md
+    import datetime
+
+    assert datetime.date.today().isoformat() in md
+
+
+# ------------------------------------------------------------------------------------------ SIGKILL
+
+_N_KILL = 8
+
+_SCRIPT = """
+import sys, time
+from onmanifold.bench.runner import Cell, Suite, run_suite
+
+def cells():
+    return [Cell("sleepy", {{"index": i}}, shard=i % 2, seeds=(i,)) for i in range({n})]
+
+def run_cell(cell):
+    time.sleep(0.4)
+    return {{"value": cell.setting["index"]}}
+
+if __name__ == "__main__":
+    run_suite(Suite("kill", cells(), run_cell), sys.argv[1], progress=False)
+"""
+
+
+def test_sigkill_loses_at_most_the_cell_in_flight(tmp_path):
+    script = tmp_path / "bench_script.py"
+    script.write_text(textwrap.dedent(_SCRIPT.format(n=_N_KILL)))
+    run_dir = tmp_path / "run"
+    cells_dir = run_dir / "cells"
+    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (cells_dir.is_dir() and len([p for p in cells_dir.glob("*.json")]) >= 2):
+            assert proc.poll() is None, f"script died: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "script wrote no cells in time"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    cells = [Cell("sleepy", {"index": i}, shard=i % 2, seeds=(i,)) for i in range(_N_KILL)]
+    keys = [c.key for c in cells]
+    complete = []
+    for p in cells_dir.iterdir():
+        if p.name.startswith("."):
+            assert p.name.endswith(".tmp"), f"stray file {p.name}"  # a temp file of the killed write
+            continue
+        assert p.suffix == ".json" and p.stem in keys, f"stray file {p.name}"
+        rec = json.loads(p.read_text())  # complete, valid JSON
+        assert rec["metrics"] == {"value": keys.index(p.stem)}
+        complete.append(keys.index(p.stem))
+    n_before = len(complete)
+    assert 2 <= n_before < _N_KILL
+    assert sorted(complete) == list(range(n_before))  # cells run in order: a prefix is done
+
+    calls: list = []
+
+    def run_cell(cell):
+        calls.append(cell.setting["index"])
+        return {"value": cell.setting["index"]}
+
+    records = run_suite(Suite("kill", cells, run_cell), run_dir, progress=False)
+    assert len(calls) == _N_KILL - n_before
+    assert calls == list(range(n_before, _N_KILL))
+    assert [r["metrics"]["value"] for r in records] == list(range(_N_KILL))
+    assert [r["cell"] for r in records] == [c.describe() for c in cells]
