@@ -1,0 +1,123 @@
+"""Foundation suites: the quality of the bundled models (``models``) and the loop's speed (``speed``)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from ..nets.checkpoint import read_metadata
+from .runner import Cell, Suite
+
+__all__ = ["models_suite", "speed_suite"]
+
+_DIFFUSION = ("gmm2d-mlp", "digits-unet", "shapes-unet")
+_CLASSIFIERS = ("digits-classifier", "digits-eval-classifier", "shapes-classifier", "shapes-eval-classifier")
+
+
+def _training_columns(name: str) -> dict:
+    meta = read_metadata(name)
+    return {"train_steps": meta.get("train_steps"), "train_minutes": meta.get("minutes"), "command": meta.get("command", "")}
+
+
+def models_suite(quick: bool = False) -> Suite:
+    """Quality of every bundled model: FD / precision / recall (W1 for gmm2d) of 1000 DDIM-50 samples vs held-out data, next to the training-data floor; classifier held-out accuracy."""
+    n = 100 if quick else 1000
+    cells = [Cell(name, {"n": n, "sampler": "DDIM-50 eta=0"}) for name in _DIFFUSION]
+    cells += [Cell(name, {"heldout": "digits split" if name.startswith("digits") else "2000 shapes, seed 12345"}) for name in _CLASSIFIERS]
+
+    def run_cell(cell: Cell) -> dict:
+        from ..commands import sampler_for
+        from ..evaluate import bed_of_model, quality, reference_set
+        from ..model import load_diffusion_model
+        from ..nets.checkpoint import load_network
+        from ..train import classifier_accuracy
+
+        out = _training_columns(cell.method)
+        if cell.method in _DIFFUSION:
+            loaded = load_diffusion_model(cell.method)
+            bed = bed_of_model(cell.method)
+            sampler = sampler_for(loaded, min(50, loaded.schedule.T), eta=0.0)
+            x = sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=cell.setting["n"], seed=1000, batch_size=500)
+            q = quality(bed, x)
+            floor = quality(bed, reference_set(bed, "train"))
+            out.update(q)
+            out.update({f"floor_{k}": v for k, v in floor.items()})
+        else:
+            bed = cell.method.split("-")[0]
+            acc = classifier_accuracy(load_network(cell.method), bed)
+            out.update({f"acc_{k}": v for k, v in acc.items()})
+        return out
+
+    return Suite(
+        "models",
+        cells,
+        run_cell,
+        description=(
+            "Bundled models. Diffusion models: n samples with DDIM-50 (eta = 0, x0 clamped for images) scored against held-out data "
+            "(digits: the 400-image held-out split; shapes: 2000 shapes of seed 777; gmm2d: 2000 exact draws of seed 777) in the "
+            "evaluation classifier's features (FD, improved precision/recall k = 3) or by exact W1 (gmm2d); floor_* = the training "
+            "data (digits train split; 2000 shapes / draws of seed 778) scored the same way, what a perfect model would reach. "
+            "Classifiers: held-out accuracy per head."
+        ),
+        columns=["fd", "floor_fd", "precision", "recall", "floor_precision", "floor_recall", "w1", "floor_w1",
+                 "acc_digit", "acc_type", "acc_size", "train_steps", "train_minutes", "command"],
+    )
+
+
+def speed_suite(quick: bool = False) -> Suite:
+    """Plain DDIM-50 with the digits UNet: onmanifold loop time / diffusers DDIMPipeline time, same UNet, batch, steps, same run."""
+    repeats = 2 if quick else 7
+    cells = [Cell("ddim50-vs-DDIMPipeline", {"model": "digits-unet", "batch": 256, "steps": 50, "repeats": repeats, "threads": torch.get_num_threads()})]
+
+    def run_cell(cell: Cell) -> dict:
+        from diffusers import DDIMPipeline, DDIMScheduler
+
+        from ..model import load_diffusion_model
+        from ..sampler import DDIMSampler
+
+        s = cell.setting
+        loaded = load_diffusion_model(s["model"])
+        unet = loaded.model.unet
+        folder_sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=True)
+        pipe = DDIMPipeline(unet=unet, scheduler=folder_sched)
+        pipe.set_progress_bar_config(disable=True)
+        sampler = DDIMSampler(loaded.schedule, s["steps"], eta=0.0)
+
+        def ours() -> float:
+            t0 = time.perf_counter()
+            sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=s["batch"], seed=0)
+            return time.perf_counter() - t0
+
+        def theirs() -> float:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                pipe(batch_size=s["batch"], num_inference_steps=s["steps"], eta=0.0, generator=torch.Generator().manual_seed(0), output_type="np")
+            return time.perf_counter() - t0
+
+        ours(), theirs()  # warm-up
+        ratios, t_ours, t_theirs = [], [], []
+        for r in range(s["repeats"]):  # alternate the order so drift of the machine hits both
+            a, b = (ours(), theirs()) if r % 2 == 0 else tuple(reversed((theirs(), ours())))
+            t_ours.append(a)
+            t_theirs.append(b)
+            ratios.append(a / b)
+        return {
+            "ours_s_median": statistics.median(t_ours),
+            "diffusers_s_median": statistics.median(t_theirs),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+        }
+
+    return Suite(
+        "speed",
+        cells,
+        run_cell,
+        description=(
+            "Plain DDIM-50 (eta = 0) on the bundled digits UNet, batch 256: wall time of the onmanifold loop "
+            "(per-sample generators, plugin points, NaN checks) over diffusers' DDIMPipeline on the same UNet, measured "
+            "alternately in the same process after one warm-up each. Target ratio <= 1.05."
+        ),
+    )
