@@ -101,6 +101,7 @@ class StepState:
     x_t: torch.Tensor
     cond: Any
     sample_indices: list[int]
+    rows: torch.Tensor  # positions of this batch within the run (0 .. num_samples - 1): selects per-sample measurements
     rng: Any
     eps: torch.Tensor | None = None
     x0_hat: torch.Tensor | None = None
@@ -140,13 +141,18 @@ class StepState:
         self.eps = eps
         self.x0_hat, self.eps_hat, self.mu = self.sampler.mean_from_eps(self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs)
 
-    def loss_gradient(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], key: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_gradient(self, loss_fn: Callable, key: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g, L)``: ``g = grad_{x_t} sum_b L_b(x0_hat(x_t))`` through the network, and the per-sample losses ``L``.
+
+        ``loss_fn`` is a :class:`~onmanifold.losses.GuidanceLoss` (called with ``rows``) or a plain
+        callable ``x0_hat -> (B,)``.
 
         Computed once per step and ``key`` (default: the loss object) and shared by every plugin that
         asks (DPS and DSG share it). Needs a plugin whose :meth:`SamplerPlugin.needs_grad` is true for
         this step. Raises ``FloatingPointError`` on a non-finite loss or gradient.
         """
+        from .losses import call_loss
+
         key = id(loss_fn) if key is None else key
         cached = self.cache.get(("loss_gradient", key))
         if cached is not None:
@@ -156,7 +162,7 @@ class StepState:
                 "loss_gradient: this step ran without a gradient island; a plugin must return True from needs_grad(state)"
             )
         with torch.enable_grad():
-            losses = loss_fn(self.x0_hat)
+            losses = call_loss(loss_fn, self.x0_hat, self.rows)
             if losses.dim() != 1 or losses.shape[0] != self.batch_size:
                 raise ValueError(f"loss_fn: expected per-sample losses of shape ({self.batch_size},), got {tuple(losses.shape)}")
             if not torch.isfinite(losses).all():
@@ -335,9 +341,9 @@ class DDIMSampler:
                 stop = min(start + bs, n)
                 indices = list(range(first_index + start, first_index + stop))
                 rng = PerSampleGenerators(seed, indices) if generator is None else _BatchGenerator(generator, stop - start)
-                x = rng.randn(shape) if x_T is None else x_T[start:stop].float().clone()
+                x = rng.randn(shape) if x_T is None else x_T[start:stop].clone()
                 c = cond[start:stop] if (torch.is_tensor(cond) and cond.dim() > 0 and cond.shape[0] == n) else cond
-                x0 = self._run(model, x, rng, indices, plugins, c, callback, bar)
+                x0 = self._run(model, x, rng, indices, torch.arange(start, stop), plugins, c, callback, bar)
                 for p in plugins:
                     p.finish(x0, indices)
                 outs.append(x0)
@@ -345,13 +351,13 @@ class DDIMSampler:
             bar.close()
         return torch.cat(outs)
 
-    def _run(self, model, x, rng, indices, plugins, cond, callback, bar) -> torch.Tensor:
+    def _run(self, model, x, rng, indices, rows, plugins, cond, callback, bar) -> torch.Tensor:
         with torch.no_grad():
             for pos, t in enumerate(self.timesteps):
                 state = StepState(
                     sampler=self, model=model, position=pos, index=self.num_steps - 1 - pos, num_steps=self.num_steps,
                     t=t, t_prev=self.timesteps[pos + 1] if pos + 1 < self.num_steps else -1,
-                    coeffs=self.coefficients(pos), x_t=x, cond=cond, sample_indices=indices, rng=rng,
+                    coeffs=self.coefficients(pos), x_t=x, cond=cond, sample_indices=indices, rows=rows, rng=rng,
                 )
                 for p in plugins:
                     p.before_model(state)

@@ -1,0 +1,116 @@
+"""Per-sample guidance losses ``L_b(x0_hat) >= 0`` for loss guidance (DPS, DSG, TFG-style label guidance).
+
+A loss is called as ``loss(x0_hat, rows)`` and returns shape ``(B,)``; ``rows`` (positions of the
+batch in the whole run, :attr:`StepState.rows`) select the per-sample measurements or targets.
+Any plain callable ``x0_hat -> (B,)`` works too.
+
+* :class:`MeasurementLoss` — ``L_b = ||y_b - A(x0_hat_b)||_2`` (un-squared residual norm; DPS's
+  squared loss with step ``zeta / (2 ||y - A x0||)`` is the same update; DSG spec D6).
+* :class:`ClassifierLoss` — ``L_b = -log softmax(f(x0_hat_b))[c_b]`` (label guidance).
+* :class:`FeatureLoss` — ``L_b = ||phi(x0_hat_b) - phi_ref_b||_2`` (feature guidance).
+* :class:`DecodedLoss` — ``L(D(z0_hat))``: a loss through a decoder (latent diffusion, e.g. a diffusers
+  ``AutoencoderKL``'s ``decode``), so DPS and DSG guide latents with pixel-space losses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .operators import Operator
+
+__all__ = ["GuidanceLoss", "MeasurementLoss", "ClassifierLoss", "FeatureLoss", "DecodedLoss", "call_loss"]
+
+
+class GuidanceLoss(nn.Module):
+    """Base class: ``forward(x0_hat, rows=None) -> (B,)`` per-sample losses."""
+
+    def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def call_loss(loss: Callable, x0: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Call a :class:`GuidanceLoss` with rows, a plain callable without."""
+    return loss(x0, rows) if isinstance(loss, GuidanceLoss) else loss(x0)
+
+
+def _select(t: torch.Tensor, rows: torch.Tensor | None, n: int, name: str) -> torch.Tensor:
+    out = t if rows is None else t[rows]
+    if out.shape[0] != n:
+        raise ValueError(f"{name}: has {out.shape[0]} rows for a batch of {n}; pass rows= or one row per sample")
+    return out
+
+
+class MeasurementLoss(GuidanceLoss):
+    """``L_b = ||y_b - A(x0_hat_b)||_2`` for a measurement ``y`` with one row per sample of the run."""
+
+    def __init__(self, operator: Operator, y: torch.Tensor) -> None:
+        super().__init__()
+        if not torch.is_tensor(y) or y.dim() < 2:
+            raise ValueError(f"y: expected a tensor (N, ...) with one measurement per sample, got {getattr(y, 'shape', type(y))}")
+        if not torch.isfinite(y).all():
+            bad = torch.nonzero(~torch.isfinite(y.flatten(1)).all(1)).flatten().tolist()
+            raise ValueError(f"y: the measurement contains NaN or Inf (samples {bad[:10]})")
+        self.operator = operator
+        self.register_buffer("y", y.float())
+
+    def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        y = _select(self.y, rows, x0.shape[0], "y")
+        ax = self.operator(x0, rows)
+        if ax.shape != y.shape:
+            raise ValueError(f"y: shape {tuple(y.shape)} does not match A(x0_hat) of shape {tuple(ax.shape)}")
+        return (y - ax).flatten(1).norm(dim=1)
+
+
+class ClassifierLoss(GuidanceLoss):
+    """Cross-entropy of a classifier on ``x0_hat`` for target labels ``(N,)`` (or one int for all)."""
+
+    def __init__(self, classifier: nn.Module, target: torch.Tensor | int, head: int | None = None) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.head = head
+        self.target = target if isinstance(target, int) else torch.as_tensor(target, dtype=torch.long)
+
+    def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.classifier(x0) if self.head is None else self.classifier(x0, head=self.head)
+        logits = out[0] if isinstance(out, list) else out
+        if isinstance(self.target, int):
+            tgt = torch.full((x0.shape[0],), self.target, dtype=torch.long)
+        else:
+            tgt = _select(self.target, rows, x0.shape[0], "target")
+        if int(tgt.max()) >= logits.shape[1] or int(tgt.min()) < 0:
+            raise ValueError(f"target: labels must be in [0, {logits.shape[1] - 1}]")
+        return F.cross_entropy(logits, tgt, reduction="none")
+
+
+class FeatureLoss(GuidanceLoss):
+    """``L_b = ||phi(x0_hat_b) - ref_b||_2`` with ``phi = feature_net.features`` (or the callable itself)."""
+
+    def __init__(self, feature_net: Callable, reference_features: torch.Tensor) -> None:
+        super().__init__()
+        self.phi = getattr(feature_net, "features", feature_net)
+        self.net = feature_net if isinstance(feature_net, nn.Module) else None
+        self.register_buffer("ref", reference_features.detach().float())
+
+    def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        ref = self.ref if self.ref.shape[0] == 1 else _select(self.ref, rows, x0.shape[0], "reference_features")
+        return (self.phi(x0) - ref).flatten(1).norm(dim=1)
+
+
+class DecodedLoss(GuidanceLoss):
+    """``L(decoder(z0_hat))``: evaluate a pixel-space loss on the decoded latent Tweedie estimate.
+
+    ``decoder``: ``z -> x`` (for a diffusers ``AutoencoderKL``: ``lambda z: vae.decode(z / scale).sample``).
+    Gradients flow through the decoder to the latent.
+    """
+
+    def __init__(self, loss: Callable, decoder: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.loss = loss
+        self.decoder = decoder
+
+    def forward(self, z0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return call_loss(self.loss, self.decoder(z0), rows)
