@@ -60,6 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="base seed; sample i uses its own generator seeded by (seed, i)")
     sp.add_argument("--batch-size", type=int, default=256, help="samples per network call (does not change the samples)")
     sp.add_argument("--no-clamp", action="store_true", help="do not clamp x0_hat to [-1, 1] (images only)")
+    sp.add_argument("--method", default="none", choices=["none", "dps", "dsg"], help="loss guidance: none, DPS (zeta * gradient) or DSG (spherical Gaussian constraint)")
+    sp.add_argument("--task", default=None, choices=["box", "random", "sr", "blur", "label"],
+                    help="inverse problem (box/random inpainting, super-resolution, Gaussian blur) or label guidance; needed with --method dps/dsg")
+    sp.add_argument("--images", default=None, help="a .pt tensor (N, C, H, W) of ground-truth images to measure (default: the bed's held-out images)")
+    sp.add_argument("--sigma-y", type=float, default=0.05, help="std of the Gaussian measurement noise")
+    sp.add_argument("--target", type=int, default=None, help="label guidance: the target class (default: sample i gets class i %% 10)")
+    sp.add_argument("--zeta", type=float, default=1.0, help="DPS step size")
+    sp.add_argument("--guidance-rate", type=float, default=0.2, help="DSG guidance rate g_r in [0, 1]")
+    sp.add_argument("--interval", type=int, default=1, help="DSG interval k: guide every k-th step")
     sp.add_argument("--out", default="samples", help="output folder")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -69,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("suite", help="suite name (see --list)", nargs="?")
     bp.add_argument("--list", action="store_true", help="list the suites and exit")
     bp.add_argument("--run-dir", default=None, help="where cell results go (default: runs/SUITE)")
-    bp.add_argument("--results-dir", default="docs/results", help="where the summary JSON and markdown table go")
+    bp.add_argument("--results-dir", default=None, help="where the summary JSON and markdown table go (default: docs/results, or the run dir with --quick)")
     bp.add_argument("--quick", action="store_true", help="a reduced suite (few samples) for smoke runs")
     bp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -85,8 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; bad input ends with a one-line ``onmanifold: error: ...`` and exit code 2."""
+    from .nets.checkpoint import CheckpointError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args, argv)
+    except (ValueError, CheckpointError, FloatingPointError, TypeError) as e:
+        print(f"onmanifold: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args, argv: list[str]) -> int:
     progress = not getattr(args, "no_progress", False)
     if args.command == "train":
         import torch

@@ -66,7 +66,12 @@ class MeasurementLoss(GuidanceLoss):
 
 
 class ClassifierLoss(GuidanceLoss):
-    """Cross-entropy of a classifier on ``x0_hat`` for target labels ``(N,)`` (or one int for all)."""
+    """Cross-entropy of a classifier on ``x0_hat`` for target labels ``(N,)`` (or one int for all).
+
+    Sees the unclamped Tweedie estimate (``clamp_x0 = False``), as the official FaceID/style code does.
+    """
+
+    clamp_x0 = False
 
     def __init__(self, classifier: nn.Module, target: torch.Tensor | int, head: int | None = None) -> None:
         super().__init__()
@@ -87,7 +92,9 @@ class ClassifierLoss(GuidanceLoss):
 
 
 class FeatureLoss(GuidanceLoss):
-    """``L_b = ||phi(x0_hat_b) - ref_b||_2`` with ``phi = feature_net.features`` (or the callable itself)."""
+    """``L_b = ||phi(x0_hat_b) - ref_b||_2`` with ``phi = feature_net.features`` (or the callable itself); unclamped ``x0_hat``."""
+
+    clamp_x0 = False
 
     def __init__(self, feature_net: Callable, reference_features: torch.Tensor) -> None:
         super().__init__()

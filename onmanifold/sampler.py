@@ -147,6 +147,8 @@ class StepState:
         ``loss_fn`` is a :class:`~onmanifold.losses.GuidanceLoss` (called with ``rows``) or a plain
         callable ``x0_hat -> (B,)``.
 
+        The loss sees the (clamped) ``x0_hat`` of the sampler's mean, or the unclamped Tweedie estimate
+        when the loss has ``clamp_x0 = False`` (classifier and feature losses; DSG spec, ambiguity 1).
         Computed once per step and ``key`` (default: the loss object) and shared by every plugin that
         asks (DPS and DSG share it). Needs a plugin whose :meth:`SamplerPlugin.needs_grad` is true for
         this step. Raises ``FloatingPointError`` on a non-finite loss or gradient.
@@ -162,7 +164,10 @@ class StepState:
                 "loss_gradient: this step ran without a gradient island; a plugin must return True from needs_grad(state)"
             )
         with torch.enable_grad():
-            losses = call_loss(loss_fn, self.x0_hat, self.rows)
+            x0 = self.x0_hat
+            if getattr(loss_fn, "clamp_x0", True) is False:  # e.g. classifier losses see the unclamped Tweedie estimate
+                x0 = (self.x_t_graph - math.sqrt(1 - self.coeffs.abar_t) * self.eps) / math.sqrt(self.coeffs.abar_t)
+            losses = call_loss(loss_fn, x0, self.rows)
             if losses.dim() != 1 or losses.shape[0] != self.batch_size:
                 raise ValueError(f"loss_fn: expected per-sample losses of shape ({self.batch_size},), got {tuple(losses.shape)}")
             if not torch.isfinite(losses).all():

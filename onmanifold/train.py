@@ -139,7 +139,7 @@ def train_diffusion(
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
         if save_every and step % save_every == 0 and step < steps:
@@ -199,7 +199,7 @@ def train_classifier(
         opt.step()
         sched.step()
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     model.eval()
     acc = classifier_accuracy(model, bed)
     meta = {

@@ -44,15 +44,28 @@ def test_sample_command_writes_samples(tmp_path):
     assert (tmp_path / "scatter.png").stat().st_size > 1000
 
 
-def test_sample_rejects_bad_input(tmp_path):
-    from onmanifold.nets import CheckpointError
-
-    with pytest.raises(CheckpointError, match="bundled"):
-        main(["sample", "nope", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="--steps"):
-        main(["sample", "gmm2d-mlp", "--steps", "500", "--out", str(tmp_path)])
+def test_sample_rejects_bad_input(tmp_path, capsys):
+    assert main(["sample", "nope", "--out", str(tmp_path)]) == 2
+    assert "neither a folder nor a bundled model" in capsys.readouterr().err
+    assert main(["sample", "gmm2d-mlp", "--steps", "500", "--out", str(tmp_path)]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(["sample", "digits-unet", "--method", "dsg", "--task", "box", "--eta", "0", "-n", "2", "--out", str(tmp_path)]) == 2
+    assert "DSG needs a stochastic sampler" in capsys.readouterr().err
+    assert main(["sample", "digits-unet", "--method", "dps", "-n", "2", "--out", str(tmp_path)]) == 2
+    assert "--task" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sample", "gmm2d-mlp", "-n", "0", "--out", str(tmp_path)])
+
+
+def test_sample_with_dsg_inpainting_writes_the_comparison(tmp_path):
+    rc = main(["sample", "digits-unet", "--method", "dsg", "--task", "box", "--eta", "1", "--steps", "10", "-n", "4",
+               "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    import json
+
+    info = json.loads((tmp_path / "samples.json").read_text())
+    assert info["method"] == "dsg" and info["psnr"] > 5
+    assert (tmp_path / "comparison.png").stat().st_size > 1000
 
 
 def test_module_entry_point():

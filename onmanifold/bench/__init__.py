@@ -14,10 +14,10 @@ from .runner import Cell, Suite, run_suite, summarize
 __all__ = ["Cell", "Suite", "run_suite", "summarize", "SUITES", "run_bench_cli"]
 
 
-def _suites() -> dict[str, Callable[[bool], Suite]]:
-    from . import foundation
+def _suites() -> dict[str, Callable[..., Suite]]:
+    from . import dsg, foundation
 
-    return {"models": foundation.models_suite, "speed": foundation.speed_suite}
+    return {"models": foundation.models_suite, "speed": foundation.speed_suite, "dsg": dsg.dsg_suite}
 
 
 SUITES = _suites
@@ -33,10 +33,11 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         return 0
     if args.suite not in suites:
         raise SystemExit(f"suite: expected one of {', '.join(suites)}, got {args.suite!r}")
-    suite = suites[args.suite](args.quick)
-    run_dir = args.run_dir or f"runs/{suite.name}"
+    run_dir = args.run_dir or f"runs/{args.suite}" + ("-quick" if args.quick else "")
+    suite = suites[args.suite](args.quick, run_dir)
     records = run_suite(suite, run_dir, progress=progress)
-    json_path, md_path = summarize(suite, records, args.results_dir, command)
+    results_dir = args.results_dir or (run_dir if args.quick else "docs/results")
+    json_path, md_path = summarize(suite, records, results_dir, command)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
     return 0

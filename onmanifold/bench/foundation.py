@@ -21,7 +21,7 @@ def _training_columns(name: str) -> dict:
     return {"train_steps": meta.get("train_steps"), "train_minutes": meta.get("minutes"), "command": meta.get("command", "")}
 
 
-def models_suite(quick: bool = False) -> Suite:
+def models_suite(quick: bool = False, run_dir=None) -> Suite:
     """Quality of every bundled model: FD / precision / recall (W1 for gmm2d) of 1000 DDIM-50 samples vs held-out data, next to the training-data floor; classifier held-out accuracy."""
     n = 100 if quick else 1000
     cells = [Cell(name, {"n": n, "sampler": "DDIM-50 eta=0"}) for name in _DIFFUSION]
@@ -66,7 +66,7 @@ def models_suite(quick: bool = False) -> Suite:
     )
 
 
-def speed_suite(quick: bool = False) -> Suite:
+def speed_suite(quick: bool = False, run_dir=None) -> Suite:
     """Plain DDIM-50 with the digits UNet: onmanifold loop time / diffusers DDIMPipeline time, same UNet, batch, steps, same run."""
     repeats = 2 if quick else 7
     cells = [Cell("ddim50-vs-DDIMPipeline", {"model": "digits-unet", "batch": 256, "steps": 50, "repeats": repeats, "threads": torch.get_num_threads()})]

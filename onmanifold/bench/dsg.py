@@ -1,0 +1,286 @@
+"""``onmanifold bench dsg``: DSG against DPS on the linear inverse problems and label guidance.
+
+Protocol (DSG spec section 5, small-scale protocol):
+
+* beds and tasks: digits (8x8) box inpainting (4x4 hole), random inpainting (p ~ U[0.3, 0.7]),
+  super-resolution x2 (average pooling), Gaussian blur (sigma 0.8 px, 5x5); shapes (32x32) SR x4 and
+  blur (sigma 1.5 px, 9x9). ``sigma_y = 0.05``. Measurements are generated once per (seed, sample)
+  and shared by every method.
+* samplers: DDPM-1000 (DDIM eta = 1 on the full grid) and DDIM eta = 1 with 100 / 50 / 20 steps.
+* DSG: ``(k, g_r)`` from the paper's Table 3 (the inpainting row for both masks).
+* DPS: ``zeta`` chosen per (bed, task, steps) from the log grid ``ZETA_GRID`` by the lowest Fréchet
+  distance on the validation split (digits: the 200 validation images; shapes: 64 shapes of seed 555).
+* label guidance (digits): target class ``i % 10``, guidance classifier on the unclamped ``x0_hat``,
+  DDIM-100 eta = 1; DPS ``zeta`` and DSG ``g_r`` swept on validation seeds, chosen by the highest
+  evaluation-classifier accuracy among settings whose FD is at most twice the unguided FD.
+* metrics: PSNR / SSIM (on [0, 1] after clamping), FD against the held-out reference set and
+  evaluation-classifier accuracy (digits) in the *evaluation* classifier, seconds per sample.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .runner import Cell, Suite
+
+__all__ = ["dsg_suite", "TABLE3", "ZETA_GRID", "make_task", "guided_run"]
+
+ZETA_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
+GR_GRID = (0.05, 0.1, 0.2, 0.3, 0.5)
+STEPS = (1000, 100, 50, 20)
+# DSG paper, Table 3: steps -> (interval k, guidance rate g_r); inpainting row serves box and random masks.
+TABLE3 = {
+    "inpainting": {1000: (5, 0.2), 100: (1, 0.2), 50: (1, 0.2), 20: (1, 0.2)},
+    "sr": {1000: (20, 0.2), 100: (2, 0.1), 50: (1, 0.1), 20: (1, 0.2)},
+    "blur": {1000: (5, 0.2), 100: (1, 0.1), 50: (1, 0.1), 20: (1, 0.2)},  # 20-step deblur: not confirmed, default
+}
+TASKS = {"digits": ("box", "random", "sr", "blur"), "shapes": ("sr", "blur")}
+
+
+def table3(task: str, steps: int) -> tuple[int, float]:
+    return TABLE3["inpainting" if task in ("box", "random") else task][steps]
+
+
+def clean_images(bed: str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ground-truth images (and labels for digits) of a split: digits 'val'/'heldout'; shapes seeds 555/777."""
+    if bed == "digits":
+        from ..data.digits import load_digits_split
+
+        x, y = load_digits_split(split)
+        return x[:n], y[:n]
+    from ..data.shapes import sample_shapes
+
+    x, p = sample_shapes(n, torch.Generator().manual_seed(555 if split == "val" else 777))
+    return x, None
+
+
+def make_task(bed: str, task: str, n: int, seed: int):
+    """The operator of ``task`` for ``n`` samples of ``bed`` (masks drawn per (seed, sample))."""
+    from ..operators import Downsample, GaussianBlur, Inpainting, box_masks, random_masks
+
+    shape = (1, 8, 8) if bed == "digits" else (1, 32, 32)
+    if task == "box":
+        return Inpainting(box_masks(n, shape, 4, 0, seed) if bed == "digits" else box_masks(n, shape, 16, 2, seed))
+    if task == "random":
+        return Inpainting(random_masks(n, shape, (0.3, 0.7), seed))
+    if task == "sr":
+        return Downsample(2 if bed == "digits" else 4)
+    if task == "blur":
+        return GaussianBlur(0.8, 5) if bed == "digits" else GaussianBlur(1.5, 9)
+    raise ValueError(f"task: expected box, random, sr or blur, got {task!r}")
+
+
+def guided_run(loaded, method: str, loss, steps: int, n: int, seed: int, zeta: float = 0.0, g_r: float = 0.2, k: int = 1,
+               recorder=None, batch_size: int = 256):
+    """Sample ``n`` images with ``method`` in {'none', 'dps', 'dsg'}; returns (samples, seconds)."""
+    from ..guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
+    from ..sampler import DDIMSampler
+
+    sampler = DDIMSampler(loaded.schedule, steps, eta=1.0)
+    plugins = {"none": [], "dps": [DiffusionPosteriorSampling(loss, zeta)], "dsg": [SphericalGaussianGuidance(loss, g_r, k)]}[method]
+    if recorder is not None:
+        plugins = plugins + [recorder]
+    t0 = time.perf_counter()
+    x = sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins, batch_size=batch_size)
+    return x, time.perf_counter() - t0
+
+
+def _inverse_metrics(bed: str, x: torch.Tensor, truth: torch.Tensor, labels, seconds: float) -> dict:
+    from .. import metrics
+    from ..evaluate import eval_classifier, quality
+
+    out = {"psnr": float(metrics.psnr(x, truth).mean()), "ssim": float(metrics.ssim(x, truth).mean())}
+    q = quality(bed, x)
+    out["fd"] = q["fd"]
+    if labels is not None:
+        with torch.no_grad():
+            out["acc"] = metrics.accuracy(eval_classifier(bed)(x.clamp(-1, 1)), labels)
+    out["s_per_sample"] = seconds / x.shape[0]
+    return out
+
+
+def _val_fd(bed: str, x: torch.Tensor, ref: torch.Tensor) -> float:
+    from .. import metrics
+    from ..evaluate import eval_classifier
+
+    clf = eval_classifier(bed)
+    return metrics.frechet_distance(metrics.classifier_features(clf, x.clamp(-1, 1)), metrics.classifier_features(clf, ref))
+
+
+def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
+    """DSG vs DPS: inverse problems on digits and shapes at 1000/100/50/20 steps, label guidance on digits; DPS zeta and label-guidance knobs swept on validation data."""
+    from ..model import load_diffusion_model
+
+    run_dir = Path(run_dir)
+    n_test = {"digits": 32 if quick else 256, "shapes": 16 if quick else 256}
+    n_val = {"digits": 32 if quick else 200, "shapes": 16 if quick else 64}
+    steps_of = {"digits": (100, 20) if quick else STEPS, "shapes": (20,) if quick else (100, 50, 20)}
+    zetas = (0.3, 3.0) if quick else ZETA_GRID
+    cells: list[Cell] = []
+    for bed in ("digits", "shapes"):
+        for task in TASKS[bed]:
+            for steps in steps_of[bed]:
+                for z in zetas:
+                    cells.append(Cell("dps-val", {"bed": bed, "task": task, "steps": steps, "zeta": z, "n": n_val[bed]}))
+                cells.append(Cell("dps", {"bed": bed, "task": task, "steps": steps, "n": n_test[bed]}))
+                k, gr = table3(task, steps)
+                cells.append(Cell("dsg", {"bed": bed, "task": task, "steps": steps, "k": k, "g_r": gr, "n": n_test[bed]}))
+    lab_steps = 100
+    for z in ((1.0, 10.0) if quick else (0.3, 1.0, 3.0, 10.0, 30.0)):
+        cells.append(Cell("label-dps-val", {"steps": lab_steps, "zeta": z, "n": n_val["digits"]}))
+    for gr in ((0.1, 0.3) if quick else GR_GRID):
+        cells.append(Cell("label-dsg-val", {"steps": lab_steps, "g_r": gr, "n": n_val["digits"]}))
+    for m in ("label-none", "label-dps", "label-dsg"):
+        cells.append(Cell(m, {"steps": lab_steps, "n": n_test["digits"]}))
+    cells.append(Cell("sphere-deviation", {"bed": "digits", "task": "box", "steps": 100, "n": 64}))
+    cells.append(Cell("step-time", {"bed": "digits", "task": "box", "steps": 50, "n": 64, "repeats": 2 if quick else 5}))
+
+    loaded_cache: dict = {}
+
+    def loaded(bed):
+        if bed not in loaded_cache:
+            loaded_cache[bed] = load_diffusion_model(f"{bed}-unet")
+        return loaded_cache[bed]
+
+    def records(method: str, **match) -> list[dict]:
+        from .runner import _load_record
+
+        out = []
+        for c in cells:
+            if c.method == method and all(c.setting.get(k) == v for k, v in match.items()):
+                rec = _load_record(run_dir / "cells" / f"{c.key}.json", c)
+                if rec is None:
+                    raise RuntimeError(f"cell {c.key} must run before the cells that use its result")
+                out.append(rec)
+        return out
+
+    def loss_for(bed, task, split, n, seed=0):
+        from ..losses import MeasurementLoss
+        from ..operators import make_measurements
+
+        x, labels = clean_images(bed, split, n)
+        op = make_task(bed, task, n, seed)
+        y = make_measurements(op, x, 0.05, seed=seed)
+        return MeasurementLoss(op, y), x, labels, y
+
+    def label_loss(n):
+        from ..evaluate import guidance_classifier
+        from ..losses import ClassifierLoss
+
+        target = torch.arange(n) % 10
+        return ClassifierLoss(guidance_classifier("digits"), target), target
+
+    def label_metrics(x, target, seconds):
+        from .. import metrics
+        from ..evaluate import eval_classifier, quality
+
+        with torch.no_grad():
+            acc = metrics.accuracy(eval_classifier("digits")(x.clamp(-1, 1)), target)
+        return {"acc": acc, "fd": quality("digits", x)["fd"], "s_per_sample": seconds / x.shape[0]}
+
+    def run_cell(cell: Cell) -> dict:
+        s = cell.setting
+        m = cell.method
+        if m in ("dps-val", "dps", "dsg"):
+            bed, task, steps = s["bed"], s["task"], s["steps"]
+            split = "val" if m == "dps-val" else "heldout"
+            seed = 100 if split == "val" else 0
+            loss, truth, labels, _ = loss_for(bed, task, split, s["n"], seed)
+            if m == "dps-val":
+                from ..metrics import psnr
+
+                x, sec = guided_run(loaded(bed), "dps", loss, steps, s["n"], seed, zeta=s["zeta"])
+                return {"val_fd": _val_fd(bed, x, truth), "val_psnr": float(psnr(x, truth).mean())}
+            if m == "dps":
+                val = records("dps-val", bed=bed, task=task, steps=steps)
+                best = min(val, key=lambda r: r["metrics"]["val_fd"])
+                zeta = best["cell"]["setting"]["zeta"]
+                x, sec = guided_run(loaded(bed), "dps", loss, steps, s["n"], seed, zeta=zeta)
+                out = {"zeta": zeta}
+            else:
+                x, sec = guided_run(loaded(bed), "dsg", loss, steps, s["n"], seed, g_r=s["g_r"], k=s["k"])
+                out = {}
+            out.update(_inverse_metrics(bed, x, truth, labels, sec))
+            torch.save({"x": x[:16], "truth": truth[:16]}, _artifact(run_dir, cell))
+            return out
+        if m in ("label-dps-val", "label-dsg-val", "label-none", "label-dps", "label-dsg"):
+            n = s["n"]
+            loss, target = label_loss(n)
+            val = m.endswith("-val")
+            seed = 100 if val else 0
+            method = {"label-dps-val": "dps", "label-dsg-val": "dsg", "label-none": "none", "label-dps": "dps", "label-dsg": "dsg"}[m]
+            params: dict = {}
+            if val:
+                params = {"zeta": s["zeta"]} if method == "dps" else {"g_r": s["g_r"]}
+            elif method != "none":
+                params = _best_label_params(records, method, loaded, label_loss, label_metrics, n_val["digits"])
+            x, sec = guided_run(loaded("digits"), method, loss, s["steps"], n, seed, **params)
+            out = label_metrics(x, target, sec)
+            out.update(params)
+            return out
+        if m == "sphere-deviation":
+            from ..guidance import SphereDeviationRecorder
+
+            loss, truth, labels, _ = loss_for("digits", "box", "heldout", s["n"])
+            zeta = next(r["metrics"]["zeta"] for r in records("dps", bed="digits", task="box", steps=100))
+            curves = {}
+            for method, kw in (("none", {}), ("dps", {"zeta": zeta}), ("dsg", {"g_r": 0.2, "k": 1})):
+                rec = SphereDeviationRecorder()
+                guided_run(loaded("digits"), method, loss, s["steps"], s["n"], 0, recorder=rec, **kw)
+                curves[method] = rec.curve()
+            return {"curves": curves, "dps_zeta": zeta,
+                    "mean_rho": {k: sum(c["mean"] for c in v) / len(v) for k, v in curves.items()}}
+        if m == "step-time":
+            return _step_time(loaded("digits"), loss_for("digits", "box", "heldout", s["n"])[0], s)
+        raise AssertionError(m)
+
+    return Suite(
+        "dsg",
+        cells,
+        run_cell,
+        description=__doc__.split("\n\n", 1)[1].strip(),
+        columns=["zeta", "psnr", "ssim", "fd", "acc", "s_per_sample", "val_fd", "val_psnr", "g_r", "dps_zeta", "mean_rho",
+                 "ratio_guided_dsg_over_dps", "ratio_unguided_dsg_over_dps"],
+    )
+
+
+def _artifact(run_dir: Path, cell: Cell) -> Path:
+    p = Path(run_dir) / "artifacts" / f"{cell.key}.pt"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _best_label_params(records, method, loaded, label_loss, label_metrics, n_val) -> dict:
+    """Highest validation accuracy among settings whose FD <= 2 x the unguided validation FD (computed once here)."""
+    vals = records(f"label-{method}-val")
+    key = "zeta" if method == "dps" else "g_r"
+    loss, target = label_loss(n_val)
+    x, sec = guided_run(loaded("digits"), "none", loss, 100, n_val, 100)
+    fd_none = label_metrics(x, target, sec)["fd"]
+    ok = [r for r in vals if r["metrics"]["fd"] <= 2 * fd_none] or vals
+    best = max(ok, key=lambda r: r["metrics"]["acc"])
+    return {key: best["cell"]["setting"][key]}
+
+
+def _step_time(loaded, loss, s: dict) -> dict:
+    """Per-step time ratios in the same run: guided DSG step / DPS step, unguided DSG step / DPS step."""
+    import statistics
+
+    def timed(method, **kw):
+        x, sec = guided_run(loaded, method, loss, s["steps"], s["n"], 0, **kw)
+        return sec
+
+    timed("dps", zeta=1.0)  # warm-up
+    r_guided, r_unguided = [], []
+    for _ in range(s["repeats"]):
+        t_dps = timed("dps", zeta=1.0)
+        t_dsg = timed("dsg", g_r=0.2, k=1)
+        t_plain = timed("dsg", g_r=0.2, k=10**6)  # no step is guided: every step is a plain step without a graph
+        # DPS guides every step (50); DSG k=1 guides the 49 steps with sigma > 0 and takes the last one plain
+        r_guided.append(t_dsg / t_dps)
+        r_unguided.append(t_plain / t_dps)
+    return {"ratio_guided_dsg_over_dps": statistics.median(r_guided), "ratio_unguided_dsg_over_dps": statistics.median(r_unguided),
+            "ratio_guided_all": r_guided, "ratio_unguided_all": r_unguided}
