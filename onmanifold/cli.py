@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--run-dir", default=None, help="where cell results go (default: runs/SUITE)")
     bp.add_argument("--results-dir", default=None, help="where the summary JSON and markdown table go (default: docs/results, or the run dir with --quick)")
     bp.add_argument("--quick", action="store_true", help="a reduced suite (few samples) for smoke runs")
+    bp.add_argument("--only", action="append", default=[], metavar="KEY=V1,V2",
+                    help="run only the cells whose method or setting KEY has one of the values (repeatable; other cells are loaded if finished)")
+    bp.add_argument("--exclude", action="append", default=[], metavar="KEY=V1,V2", help="skip the cells matching KEY=V1,V2 (repeatable)")
     bp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     # ---------------------------------------------------------------- demo
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--num-samples", type=int, default=500, help="samples per model")
     dp.add_argument("--steps", type=int, default=50, help="DDIM steps")
     dp.add_argument("--seed", type=int, default=0, help="base seed")
+    dp.add_argument("--dsg-samples", type=int, default=128, help="held-out digits for the DSG-vs-DPS inpainting table")
     dp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 

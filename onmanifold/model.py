@@ -28,13 +28,44 @@ import torch.nn as nn
 
 from .schedule import NoiseSchedule
 
-__all__ = ["EpsModel", "DiffusersUNetEpsModel", "GaussianMixtureModel", "LoadedModel", "load_diffusion_model", "as_eps_model"]
+__all__ = ["EpsModel", "FixedMicroBatch", "DiffusersUNetEpsModel", "GaussianMixtureModel", "LoadedModel", "load_diffusion_model", "as_eps_model"]
 
 
 class EpsModel(Protocol):
     """``model(x_t, t, cond=None) -> eps``; ``t`` is a ``LongTensor`` of training indices, one per sample."""
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor: ...
+
+
+class FixedMicroBatch(nn.Module):
+    """Evaluate ``model`` in micro-batches of exactly ``size`` rows (the last one zero-padded).
+
+    CPU kernels (oneDNN convolutions, matmuls) choose their algorithm by batch size, so a sample's
+    eps can differ at float rounding (~1e-5) between batch sizes. With every call made at the same
+    batch size, each row's result is bit-identical whatever batch it came in (checked by the tests).
+    """
+
+    def __init__(self, model: Callable, size: int = 16) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"size: expected a positive micro-batch size, got {size}")
+        self.model = model
+        self.size = int(size)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        outs = []
+        for i in range(0, x.shape[0], self.size):
+            xb, tb = x[i : i + self.size], t[i : i + self.size]
+            cb = cond[i : i + self.size] if torch.is_tensor(cond) and cond.dim() > 0 and cond.shape[0] == x.shape[0] else cond
+            k = xb.shape[0]
+            if k < self.size:
+                pad = self.size - k
+                xb = torch.cat([xb, xb.new_zeros(pad, *xb.shape[1:])])
+                tb = torch.cat([tb, tb[-1:].expand(pad)])
+                if torch.is_tensor(cb) and cb is not cond:
+                    cb = torch.cat([cb, cb[-1:].expand(pad, *cb.shape[1:])])
+            outs.append(self.model(xb, tb, cb)[:k])
+        return torch.cat(outs)
 
 
 class DiffusersUNetEpsModel(nn.Module):

@@ -225,6 +225,10 @@ class DDIMSampler:
         clamp_x0: clamp ``x0_hat`` to ``data_range`` (then ``eps_hat`` is recomputed from it).
         data_range: the data range, default ``(-1, 1)``.
         timesteps: explicit descending training indices (overrides ``num_steps``/``spacing``).
+        micro_batch: if set, the model is evaluated in micro-batches of exactly this size
+            (:class:`~onmanifold.model.FixedMicroBatch`), so samples are bit-identical whatever the
+            batch size; without it the noise is identical per sample and the network's arithmetic may
+            differ at float rounding between batch sizes.
     """
 
     def __init__(
@@ -236,6 +240,7 @@ class DDIMSampler:
         clamp_x0: bool = True,
         data_range: tuple[float, float] = (-1.0, 1.0),
         timesteps: Sequence[int] | None = None,
+        micro_batch: int | None = None,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a NoiseSchedule, got {type(schedule).__name__}")
@@ -256,6 +261,9 @@ class DDIMSampler:
             self.timesteps = ts
         self.spacing = spacing
         self.num_steps = len(self.timesteps)
+        if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
+            raise ValueError(f"micro_batch: expected a positive integer or None, got {micro_batch!r}")
+        self.micro_batch = micro_batch
 
     @property
     def stochastic(self) -> bool:
@@ -330,6 +338,10 @@ class DDIMSampler:
             raise ValueError("batch_size: chunking needs per-sample seeding (seed=), not a single generator")
         if seed is None and generator is None:
             seed = 0
+        if self.micro_batch is not None:
+            from .model import FixedMicroBatch
+
+            model = FixedMicroBatch(model, self.micro_batch)
         plugins = list(plugins)
         for p in plugins:
             if not isinstance(p, SamplerPlugin):
@@ -414,6 +426,6 @@ def sample(model: Callable, schedule: NoiseSchedule, x_T: torch.Tensor | None = 
     and sampling options (``shape``, ``num_samples``, ``seed``, ``generator``, ``cond``, ...) are
     taken from ``kwargs``.
     """
-    sampler_keys = {"num_steps", "eta", "spacing", "clamp_x0", "data_range", "timesteps"}
+    sampler_keys = {"num_steps", "eta", "spacing", "clamp_x0", "data_range", "timesteps", "micro_batch"}
     s_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in sampler_keys}
     return DDIMSampler(schedule, **s_kwargs).sample(model, x_T, plugins=plugins, **kwargs)

@@ -251,3 +251,14 @@ def test_functional_sample_and_bad_arguments():
         sample(g, sched, torch.zeros(2, 2), num_steps=5, seed=1, generator=torch.Generator())
     with pytest.raises(TypeError, match="model"):
         as_eps_model(3)
+
+
+def test_micro_batch_makes_unet_samples_bit_identical_across_batch_sizes(unet):
+    sched = NoiseSchedule.linear(1000)
+    model = DiffusersUNetEpsModel(unet, sched)
+    s = DDIMSampler(sched, 5, eta=1.0, micro_batch=8)
+    a = s.sample(model, shape=(1, 8, 8), num_samples=12, seed=0)
+    b = s.sample(model, shape=(1, 8, 8), num_samples=12, seed=0, batch_size=1)
+    c = s.sample(model, shape=(1, 8, 8), num_samples=12, seed=0, batch_size=5)
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(a, s.sample(model, shape=(1, 8, 8), num_samples=12, seed=0))  # same command twice

@@ -17,10 +17,36 @@ __all__ = ["Cell", "Suite", "run_suite", "summarize", "SUITES", "run_bench_cli"]
 def _suites() -> dict[str, Callable[..., Suite]]:
     from . import dsg, foundation
 
-    return {"models": foundation.models_suite, "speed": foundation.speed_suite, "dsg": dsg.dsg_suite}
+    return {"models": foundation.models_suite, "dsg": dsg.dsg_suite}
 
 
 SUITES = _suites
+
+
+def _parse_conditions(items: list[str], flag: str) -> list[tuple[str, set[str]]]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag}: expected KEY=V1,V2, got {item!r}")
+        k, v = item.split("=", 1)
+        out.append((k, set(v.split(","))))
+    return out
+
+
+def cell_selector(only: list[str], exclude: list[str]) -> Callable[[Cell], bool] | None:
+    """A cell filter from ``--only``/``--exclude`` conditions (``method`` or a setting key; values compared as text)."""
+    inc, exc = _parse_conditions(only, "--only"), _parse_conditions(exclude, "--exclude")
+    if not inc and not exc:
+        return None
+
+    def value(cell: Cell, key: str) -> str | None:
+        v = cell.method if key == "method" else cell.setting.get(key)
+        return None if v is None else str(v)
+
+    def keep(cell: Cell) -> bool:
+        return all(value(cell, k) in vs for k, vs in inc) and not any(value(cell, k) in vs for k, vs in exc)
+
+    return keep
 
 
 def run_bench_cli(args, progress: bool, command: str) -> int:
@@ -35,9 +61,13 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         raise SystemExit(f"suite: expected one of {', '.join(suites)}, got {args.suite!r}")
     run_dir = args.run_dir or f"runs/{args.suite}" + ("-quick" if args.quick else "")
     suite = suites[args.suite](args.quick, run_dir)
-    records = run_suite(suite, run_dir, progress=progress)
+    cell_filter = cell_selector(args.only, args.exclude)
+    records = run_suite(suite, run_dir, progress=progress, shard_filter=cell_filter)
     results_dir = args.results_dir or (run_dir if args.quick else "docs/results")
     json_path, md_path = summarize(suite, records, results_dir, command)
+    report = getattr(suite, "report", None)
+    if report is not None:  # a curated results page (tables, figures, claims) beside the raw cell table
+        md_path = report(records, results_dir, command, run_dir)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
     return 0

@@ -26,6 +26,8 @@ def models_suite(quick: bool = False, run_dir=None) -> Suite:
     n = 100 if quick else 1000
     cells = [Cell(name, {"n": n, "sampler": "DDIM-50 eta=0"}) for name in _DIFFUSION]
     cells += [Cell(name, {"heldout": "digits split" if name.startswith("digits") else "2000 shapes, seed 12345"}) for name in _CLASSIFIERS]
+    speed = speed_suite(quick)
+    cells += speed.cells
 
     def run_cell(cell: Cell) -> dict:
         from ..commands import sampler_for
@@ -34,6 +36,8 @@ def models_suite(quick: bool = False, run_dir=None) -> Suite:
         from ..nets.checkpoint import load_network
         from ..train import classifier_accuracy
 
+        if cell.method == "ddim50-vs-DDIMPipeline":
+            return speed.run_cell(cell)
         out = _training_columns(cell.method)
         if cell.method in _DIFFUSION:
             loaded = load_diffusion_model(cell.method)
@@ -59,10 +63,11 @@ def models_suite(quick: bool = False, run_dir=None) -> Suite:
             "(digits: the 400-image held-out split; shapes: 2000 shapes of seed 777; gmm2d: 2000 exact draws of seed 777) in the "
             "evaluation classifier's features (FD, improved precision/recall k = 3) or by exact W1 (gmm2d); floor_* = the training "
             "data (digits train split; 2000 shapes / draws of seed 778) scored the same way, what a perfect model would reach. "
-            "Classifiers: held-out accuracy per head."
+            "Classifiers: held-out accuracy per head. Speed (last row): " + speed.description
         ),
         columns=["fd", "floor_fd", "precision", "recall", "floor_precision", "floor_recall", "w1", "floor_w1",
-                 "acc_digit", "acc_type", "acc_size", "train_steps", "train_minutes", "command"],
+                 "acc_digit", "acc_type", "acc_size", "train_steps", "train_minutes", "ratio_median", "ratio_min", "ratio_max",
+                 "ours_s_median", "diffusers_s_median", "command"],
     )
 
 

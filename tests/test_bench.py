@@ -1,0 +1,52 @@
+"""Bench command plumbing: suite registry, cell selection, the DSG suite's structure."""
+
+import pytest
+
+from onmanifold.bench import cell_selector
+from onmanifold.bench.dsg import TABLE3, dsg_suite, table3
+from onmanifold.bench.foundation import models_suite
+from onmanifold.bench.runner import Cell
+from onmanifold.cli import main
+
+
+def test_list_suites(capsys):
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "models" in out and "dsg" in out
+
+
+def test_unknown_suite_is_refused():
+    with pytest.raises(SystemExit, match="suite"):
+        main(["bench", "nope"])
+
+
+def test_cell_selector():
+    keep = cell_selector(["bed=digits", "steps=1000,100"], ["method=dps-val"])
+    assert keep(Cell("dps", {"bed": "digits", "steps": 1000}))
+    assert not keep(Cell("dps", {"bed": "shapes", "steps": 1000}))
+    assert not keep(Cell("dps", {"bed": "digits", "steps": 50}))
+    assert not keep(Cell("dps-val", {"bed": "digits", "steps": 100}))
+    assert cell_selector([], []) is None
+    with pytest.raises(ValueError, match="--only"):
+        cell_selector(["bed"], [])
+
+
+def test_dsg_suite_uses_table3_and_sweeps_before_use():
+    s = dsg_suite(False, "unused")
+    methods = [c.method for c in s.cells]
+    for c in s.cells:
+        if c.method == "dsg":
+            assert (c.setting["k"], c.setting["g_r"]) == table3(c.setting["task"], c.setting["steps"])
+        if c.method == "dps":  # every DPS headline cell comes after its validation sweep
+            pos = s.cells.index(c)
+            sweep = [i for i, d in enumerate(s.cells) if d.method == "dps-val" and all(d.setting[k] == c.setting[k] for k in ("bed", "task", "steps"))]
+            assert sweep and max(sweep) < pos
+            assert c.setting["n"] >= 256
+    assert methods.index("label-dps") > max(i for i, m in enumerate(methods) if m == "label-dps-val")
+    assert TABLE3["inpainting"][100] == (1, 0.2) and TABLE3["sr"][1000] == (20, 0.2)
+
+
+def test_models_suite_covers_every_bundled_model():
+    names = {c.method for c in models_suite().cells}
+    assert {"gmm2d-mlp", "digits-unet", "shapes-unet", "digits-classifier", "digits-eval-classifier",
+            "shapes-classifier", "shapes-eval-classifier", "ddim50-vs-DDIMPipeline"} == names
