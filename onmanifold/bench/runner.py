@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shlex
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
 
-from onmanifold.nets.checkpoint import write_json_atomic
+from onmanifold.nets.checkpoint import write_json_atomic, write_text_atomic as _write_text_atomic
 
 __all__ = ["Cell", "Suite", "run_suite", "summarize"]
 
@@ -277,21 +276,6 @@ def _fmt(value: Any) -> str:
     else:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False)
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _first_seen(dicts: list[dict]) -> list[str]:

@@ -32,6 +32,7 @@ __all__ = [
     "load_network",
     "read_metadata",
     "write_json_atomic",
+    "write_text_atomic",
 ]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -66,14 +67,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, rename):
+    a killed process leaves either the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -81,6 +83,11 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as strict JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False))
 
 
 def read_metadata(name_or_path: str | os.PathLike) -> dict:
