@@ -39,6 +39,9 @@ TABLE3 = {
     "blur": {1000: (5, 0.2), 100: (1, 0.1), 50: (1, 0.1), 20: (1, 0.2)},  # 20-step deblur: not confirmed, default
 }
 TASKS = {"digits": ("box", "random", "sr", "blur"), "shapes": ("sr", "blur")}
+# tasks where DSG with Table 3's (k, g_r) lost to DPS on FD and PSNR at every step count of the first full run;
+# the spec asks to re-tune g_r on the validation split in that case and to say so.
+RETUNE_TASKS = ("sr", "blur")
 
 
 def table3(task: str, steps: int) -> tuple[int, float]:
@@ -134,6 +137,11 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
                 cells.append(Cell("dps", {"bed": bed, "task": task, "steps": steps, "n": nt}))
                 k, gr = table3(task, steps)
                 cells.append(Cell("dsg", {"bed": bed, "task": task, "steps": steps, "k": k, "g_r": gr, "n": nt}))
+                if bed == "digits" and task in RETUNE_TASKS and steps != 1000:
+                    # Table 3's values lost to DPS on these tasks in the first run: re-tune g_r on validation (said in the results)
+                    for g in (GR_GRID[1::2] if quick else GR_GRID):
+                        cells.append(Cell("dsg-val", {"bed": bed, "task": task, "steps": steps, "k": k, "g_r": g, "n": nv}))
+                    cells.append(Cell("dsg-tuned", {"bed": bed, "task": task, "steps": steps, "k": k, "n": nt}))
     lab_steps = 100
     for z in ((1.0, 10.0) if quick else (0.3, 1.0, 3.0, 10.0, 30.0)):
         cells.append(Cell("label-dps-val", {"bed": "digits", "steps": lab_steps, "zeta": z, "n": n_val["digits"]}))
@@ -190,9 +198,9 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
     def run_cell(cell: Cell) -> dict:
         s = cell.setting
         m = cell.method
-        if m in ("dps-val", "dps", "dsg"):
+        if m in ("dps-val", "dps", "dsg", "dsg-val", "dsg-tuned"):
             bed, task, steps = s["bed"], s["task"], s["steps"]
-            split = "val" if m == "dps-val" else "heldout"
+            split = "val" if m.endswith("-val") else "heldout"
             seed = 100 if split == "val" else 0
             loss, truth, labels, _ = loss_for(bed, task, split, s["n"], seed)
             if m == "dps-val":
@@ -200,6 +208,18 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
 
                 x, sec = guided_run(loaded(bed), "dps", loss, steps, s["n"], seed, zeta=s["zeta"])
                 return {"val_fd": _val_fd(bed, x, truth), "val_psnr": float(psnr(x, truth).mean())}
+            if m == "dsg-val":
+                from ..metrics import psnr
+
+                x, sec = guided_run(loaded(bed), "dsg", loss, steps, s["n"], seed, g_r=s["g_r"], k=s["k"])
+                return {"val_fd": _val_fd(bed, x, truth), "val_psnr": float(psnr(x, truth).mean())}
+            if m == "dsg-tuned":
+                val = records("dsg-val", bed=bed, task=task, steps=steps)
+                g_r = min(val, key=lambda r: r["metrics"]["val_fd"])["cell"]["setting"]["g_r"]
+                x, sec = guided_run(loaded(bed), "dsg", loss, steps, s["n"], seed, g_r=g_r, k=s["k"])
+                out = {"g_r": g_r}
+                out.update(_inverse_metrics(bed, x, truth, labels, sec))
+                return out
             if m == "dps":
                 val = records("dps-val", bed=bed, task=task, steps=steps)
                 best = min(val, key=lambda r: r["metrics"]["val_fd"])
@@ -326,7 +346,8 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
           "as claim (b) below does. s/sample are wall times on a shared 2-core machine (other jobs ran beside the benchmark); "
           "the per-step overhead of claim (c) is measured alternately in one cell and is the reliable timing.", "",
           "Raw per-cell results (every sweep cell too): `dsg.json` / `dsg-cells.md`.", ""]
-    claims_a = []
+    claims_a: list = []
+    claims_tuned: list = []
     for bed in ("digits", "shapes"):
         for task in TASKS[bed]:
             rows = []
@@ -338,8 +359,15 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
                 rows.append(f"| {steps} | {_f((dps or {}).get('zeta'))} | {_f((dps or {}).get('psnr'), 4)} | {_f((dsg or {}).get('psnr'), 4)} | "
                             f"{_f((dps or {}).get('ssim'))} | {_f((dsg or {}).get('ssim'))} | {_f((dps or {}).get('fd'))} | {_f((dsg or {}).get('fd'))} | "
                             f"{_f((dps or {}).get('acc'))} | {_f((dsg or {}).get('acc'))} | {_f((dps or {}).get('s_per_sample'))} | {_f((dsg or {}).get('s_per_sample'))} | {k} / {gr} |")
+                tuned = _one(records, "dsg-tuned", bed=bed, task=task, steps=steps)
+                if tuned:
+                    rows.append(f"| {steps} (DSG g_r re-tuned on validation) | {_f((dps or {}).get('zeta'))} | {_f((dps or {}).get('psnr'), 4)} | {_f(tuned['psnr'], 4)} | "
+                                f"{_f((dps or {}).get('ssim'))} | {_f(tuned['ssim'])} | {_f((dps or {}).get('fd'))} | {_f(tuned['fd'])} | "
+                                f"{_f((dps or {}).get('acc'))} | {_f(tuned.get('acc'))} | {_f((dps or {}).get('s_per_sample'))} | {_f(tuned['s_per_sample'])} | {k} / {tuned['g_r']} |")
                 if dps and dsg:
                     claims_a.append((bed, task, steps, dsg["fd"] <= dps["fd"], dsg["psnr"] >= dps["psnr"]))
+                if dps and tuned:
+                    claims_tuned.append((bed, task, steps, tuned["fd"] <= dps["fd"], tuned["psnr"] >= dps["psnr"]))
             if rows:
                 L += [f"## {bed}: {task}", "",
                       "| steps | DPS zeta | PSNR DPS | PSNR DSG | SSIM DPS | SSIM DSG | FD DPS | FD DSG | acc DPS | acc DSG | s/sample DPS | s/sample DSG | DSG k / g_r |",
@@ -394,7 +422,11 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
         ps_wins = sum(c[4] for c in claims_a)
         lose = [f"{b}/{t}/{s}" for b, t, s, fdw, _ in claims_a if not fdw]
         L.append(f"- **(a) DSG at least as good as DPS at equal steps:** DSG has the lower (or equal) FD in {fd_wins} of {len(claims_a)} "
-                 f"(bed, task, steps) cells and the higher PSNR in {ps_wins} of {len(claims_a)}." + (f" FD losses: {', '.join(lose)}." if lose else ""))
+                 f"(bed, task, steps) cells and the higher PSNR in {ps_wins} of {len(claims_a)}, with the paper's Table 3 settings." + (f" FD losses: {', '.join(lose)}." if lose else ""))
+    if claims_tuned:
+        L.append(f"- **(a') after re-tuning g_r on the validation split** (only for {', '.join(RETUNE_TASKS)} at 20-100 steps, where Table 3 "
+                 f"lost): DSG has the lower FD in {sum(c[3] for c in claims_tuned)} of {len(claims_tuned)} cells and the higher PSNR in "
+                 f"{sum(c[4] for c in claims_tuned)} of {len(claims_tuned)}.")
     bl = []
     for bed in ("digits",):
         for task in TASKS[bed]:
