@@ -45,7 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--batch-size", type=int, default=128, help="batch size")
     tc.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle AdamW)")
     tc.add_argument("--seed", type=int, default=None, help="random seed (default: 1 for guidance, 2 for eval)")
-    for a in (td, tc):
+    tp = trs.add_parser("time-predictor", help="a time predictor p(t|x) for Temporal Alignment Guidance", formatter_class=fmt,
+                        description="Train a time classifier over the T training steps of a bed's diffusion schedule (TimeCNN for images, TimeMLP for gmm2d).")
+    tp.add_argument("--bed", required=True, choices=["gmm2d", "digits", "shapes"], help="test bed")
+    tp.add_argument("--out", required=True, help="output folder")
+    tp.add_argument("--condition", action="append", default=[], choices=["digit", "type", "size"],
+                    help="condition on this label attribute (repeatable: --condition type --condition size for p(t|x,c1,c2))")
+    tp.add_argument("--steps", type=int, default=5000, help="optimiser steps")
+    tp.add_argument("--batch-size", type=int, default=256, help="batch size")
+    tp.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay)")
+    tp.add_argument("--widths", type=int, nargs=4, default=[16, 32, 64, 128], help="TimeCNN channels of the four blocks (paper: 32 64 128 256)")
+    tp.add_argument("--seed", type=int, default=3, help="random seed")
+    for a in (td, tc, tp):
         a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -123,6 +134,11 @@ def _dispatch(args, argv: list[str]) -> int:
         if args.what == "diffusion":
             out = train_diffusion(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
                                   seed=args.seed, save_every=args.save_every, command=cmd, progress=progress)
+        elif args.what == "time-predictor":
+            from .train import train_time_predictor
+
+            out = train_time_predictor(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, conditions=args.condition,
+                                       widths=args.widths, seed=args.seed, command=cmd, progress=progress)
         else:
             out = train_classifier(args.bed, args.role, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                    command=cmd, progress=progress)

@@ -110,6 +110,8 @@ class StepState:
     noise: torch.Tensor | None = None
     x_prev: torch.Tensor | None = None
     x_t_graph: torch.Tensor | None = None  # the leaf x_t of the gradient island (None when no plugin asked)
+    t_batch: torch.Tensor | None = None  # per-sample times of the model call (time-shift); None: every sample at ``t``
+    abar_t_batch: torch.Tensor | None = None  # (B, 1, ...) abar of ``t_batch``, set with it
     cache: dict = field(default_factory=dict)
 
     @property
@@ -128,6 +130,22 @@ class StepState:
         """The step's training index as a ``LongTensor[B]``."""
         return torch.full((self.batch_size,), self.t if t is None else t, dtype=torch.long)
 
+    def model_t(self) -> torch.Tensor:
+        """The times the network is called with: ``t_batch`` when a plugin set per-sample times, else ``t``."""
+        return self.t_tensor() if self.t_batch is None else self.t_batch
+
+    def set_time_per_sample(self, t: torch.Tensor) -> None:
+        """Call the network of this step at per-sample training steps ``t`` (``LongTensor[B]``; before the model call).
+
+        The step's ``x0_hat``/``eps_hat``/``mu`` then use each sample's ``abar_{t_b}``; ``sigma`` and
+        ``abar_prev`` stay those of the nominal step (Time-Shift Sampler).
+        """
+        t = torch.as_tensor(t, dtype=torch.long)
+        if t.shape != (self.batch_size,) or (t < 0).any() or (t >= self.sampler.schedule.T).any():
+            raise ValueError(f"t: expected a LongTensor ({self.batch_size},) of training steps in [0, {self.sampler.schedule.T - 1}]")
+        self.t_batch = t
+        self.abar_t_batch = self.sampler.schedule.abar(t, self.x_t.dtype).reshape(-1, *([1] * (self.x_t.dim() - 1)))
+
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian noise shaped like ``x`` from the per-sample generators (keeps per-sample determinism)."""
         return self.rng.randn(x.shape[1:], dtype=x.dtype)
@@ -139,7 +157,9 @@ class StepState:
     def set_eps(self, eps: torch.Tensor) -> None:
         """Replace ``eps`` and recompute ``x0_hat``, ``eps_hat`` and ``mu`` from it."""
         self.eps = eps
-        self.x0_hat, self.eps_hat, self.mu = self.sampler.mean_from_eps(self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs)
+        self.x0_hat, self.eps_hat, self.mu = self.sampler.mean_from_eps(
+            self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs, self.abar_t_batch
+        )
 
     def loss_gradient(self, loss_fn: Callable, key: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g, L)``: ``g = grad_{x_t} sum_b L_b(x0_hat(x_t))`` through the network, and the per-sample losses ``L``.
@@ -166,7 +186,8 @@ class StepState:
         with torch.enable_grad():
             x0 = self.x0_hat
             if getattr(loss_fn, "clamp_x0", True) is False:  # e.g. classifier losses see the unclamped Tweedie estimate
-                x0 = (self.x_t_graph - math.sqrt(1 - self.coeffs.abar_t) * self.eps) / math.sqrt(self.coeffs.abar_t)
+                a = self.coeffs.abar_t if self.abar_t_batch is None else self.abar_t_batch
+                x0 = (self.x_t_graph - _sqrt(1 - a) * self.eps) / _sqrt(a)
             losses = call_loss(loss_fn, x0, self.rows)
             if losses.dim() != 1 or losses.shape[0] != self.batch_size:
                 raise ValueError(f"loss_fn: expected per-sample losses of shape ({self.batch_size},), got {tuple(losses.shape)}")
@@ -178,6 +199,10 @@ class StepState:
         out = (g.detach(), losses.detach())
         self.cache[("loss_gradient", key)] = out
         return out
+
+
+def _sqrt(v):
+    return v.sqrt() if torch.is_tensor(v) else math.sqrt(v)
 
 
 def _bad(x: torch.Tensor, indices: list[int]) -> list[int]:
@@ -276,9 +301,15 @@ class DDIMSampler:
         t_prev = self.timesteps[position + 1] if position + 1 < self.num_steps else -1
         return self.schedule.step_coefficients(t_cur, t_prev, self.eta)
 
-    def mean_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, c: StepCoefficients) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x0_hat, eps_hat, mu)`` of the step (formulas in the module docstring)."""
-        sa, s1a = math.sqrt(c.abar_t), math.sqrt(1 - c.abar_t)
+    def mean_from_eps(
+        self, x_t: torch.Tensor, eps: torch.Tensor, c: StepCoefficients, abar_t: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x0_hat, eps_hat, mu)`` of the step (formulas in the module docstring).
+
+        ``abar_t`` (``(B, 1, ...)``) replaces ``c.abar_t`` per sample (time-shifted model calls).
+        """
+        a = c.abar_t if abar_t is None else abar_t
+        sa, s1a = _sqrt(a), _sqrt(1 - a)
         x0 = (x_t - s1a * eps) / sa
         if self.clamp_x0:
             x0 = x0.clamp(*self.data_range)
@@ -346,6 +377,8 @@ class DDIMSampler:
         for p in plugins:
             if not isinstance(p, SamplerPlugin):
                 raise TypeError(f"plugins: expected SamplerPlugin instances, got {type(p).__name__}")
+        self.active_plugins = plugins  # plugins may check their order in setup (e.g. TAG inline after the guidance)
+        for p in plugins:
             p.setup(self)
         bs = n if batch_size is None else int(batch_size)
         if bs < 1:
@@ -383,11 +416,11 @@ class DDIMSampler:
                 if any(p.needs_grad(state) for p in plugins):
                     with torch.enable_grad():
                         state.x_t_graph = state.x_t.detach().requires_grad_(True)
-                        state.eps = model(state.x_t_graph, state.t_tensor(), cond)
-                        state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t_graph, state.eps, state.coeffs)
+                        state.eps = model(state.x_t_graph, state.model_t(), cond)
+                        state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t_graph, state.eps, state.coeffs, state.abar_t_batch)
                 else:
-                    state.eps = model(state.x_t, state.t_tensor(), cond)
-                    state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t, state.eps, state.coeffs)
+                    state.eps = model(state.x_t, state.model_t(), cond)
+                    state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t, state.eps, state.coeffs, state.abar_t_batch)
                 if not torch.isfinite(state.eps).all():
                     raise FloatingPointError(
                         f"model returned NaN/Inf at step {pos} of {self.num_steps} (t={state.t}) for samples {_bad(state.eps, indices)}"

@@ -23,10 +23,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .nets.checkpoint import save_network
+from .nets.checkpoint import save_network, write_json_atomic
 from .schedule import NoiseSchedule
 
-__all__ = ["train_diffusion", "train_classifier", "bed_schedule", "classifier_accuracy"]
+__all__ = ["train_diffusion", "train_classifier", "train_time_predictor", "bed_schedule", "classifier_accuracy", "BED_ATTRIBUTES"]
+
+BED_ATTRIBUTES = {"digits": ["digit"], "shapes": ["type", "size"], "gmm2d": []}
+"""The categorical attributes of each bed's labels (columns of the label tensor), with class counts below."""
+_ATTRIBUTE_CLASSES = {"digit": 10, "type": 3, "size": 3}
 
 
 
@@ -236,3 +240,90 @@ def classifier_accuracy(model: torch.nn.Module, bed: str) -> dict[str, float]:
         "type": float((logits[0].argmax(1) == p.type).float().mean()),
         "size": float((logits[1].argmax(1) == p.size).float().mean()),
     }
+
+
+def train_time_predictor(
+    bed: str,
+    out: str | Path,
+    steps: int = 5000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    conditions: list[str] = (),
+    widths: list[int] = (16, 32, 64, 128),
+    seed: int = 3,
+    command: str = "",
+    progress: bool = True,
+) -> Path:
+    """Train the time predictor ``phi(x[, c])`` of ``bed`` (Temporal Alignment Guidance, spec section 2).
+
+    Loss ``E_{t ~ U{0..T-1}, x0, eps}[-log softmax(phi(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps))_t]`` with a
+    fresh ``t`` and ``eps`` per example, the diffusion model's schedule and data scaling. Networks:
+    :class:`~onmanifold.nets.networks.TimeCNN` (images) or :class:`~onmanifold.nets.networks.TimeMLP`
+    (gmm2d). ``conditions`` names label attributes (``digit``; ``type``, ``size``) the predictor is
+    conditioned on (``p(t | x, c)``).
+
+    Deviation from the paper (Adam 1e-4, 300 k iterations): Adam with ``lr`` (default 1e-3) and cosine
+    decay over a few thousand iterations, so a predictor trains in minutes on a CPU; the iterations,
+    wall time and accuracy curves are recorded in the checkpoint metadata.
+    """
+    from .nets.networks import TimeCNN, TimeMLP
+    from .temporal.predictor import predictor_accuracy
+
+    conditions = list(conditions)
+    known = BED_ATTRIBUTES.get(bed)
+    if known is None:
+        raise ValueError(f"bed: expected 'gmm2d', 'digits' or 'shapes', got {bed!r}")
+    for c in conditions:
+        if c not in known:
+            raise ValueError(f"conditions: bed {bed!r} has attributes {known}, got {c!r}")
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"steps, batch_size, lr: expected positive values, got {steps}, {batch_size}, {lr}")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    schedule = bed_schedule(bed)
+    cond_classes = [_ATTRIBUTE_CLASSES[c] for c in conditions]
+    columns = [known.index(c) for c in conditions]
+    if bed == "gmm2d":
+        model = TimeMLP(num_timesteps=schedule.T, cond_classes=cond_classes)
+    else:
+        model = TimeCNN(in_channels=1, image_size=8 if bed == "digits" else 32, num_timesteps=schedule.T, widths=list(widths), cond_classes=cond_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    draw = _data_sampler(bed, gen)
+    t0 = time.time()
+    losses: list[float] = []
+    bar = tqdm(range(1, steps + 1), desc=f"train {bed} time predictor", disable=not progress, mininterval=5)
+    for step in bar:
+        x0, labels = draw(batch_size)
+        t = torch.randint(0, schedule.T, (batch_size,), generator=gen)
+        xt = schedule.add_noise(x0, t, torch.randn(x0.shape, generator=gen))
+        cond = labels[:, columns] if columns else None
+        loss = F.cross_entropy(model(xt, cond), t)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
+    minutes = round((time.time() - t0) / 60, 2)
+    model.eval()
+    curves = predictor_accuracy(model, bed, schedule, conditions=conditions)
+    meta = {
+        "bed": bed,
+        "kind": "time_predictor",
+        "conditions": conditions,
+        "schedule": schedule.to_config(),
+        "train_steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "minutes": minutes,
+        "final_loss_avg100": sum(losses[-100:]) / max(len(losses[-100:]), 1),
+        "heldout": curves["summary"],
+        "command": command,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    save_network(model, out, meta=meta, half=True)
+    write_json_atomic(Path(out) / "accuracy_curve.json", curves)
+    return Path(out)

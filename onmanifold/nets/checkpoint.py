@@ -123,11 +123,21 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 def _network_classes() -> dict[str, type]:
     from . import networks
 
-    return {"EpsMLP": networks.EpsMLP, "ConvClassifier": networks.ConvClassifier, "ResidualClassifier": networks.ResidualClassifier}
+    return {
+        "EpsMLP": networks.EpsMLP,
+        "ConvClassifier": networks.ConvClassifier,
+        "ResidualClassifier": networks.ResidualClassifier,
+        "TimeCNN": networks.TimeCNN,
+        "TimeMLP": networks.TimeMLP,
+    }
 
 
-def save_network(model: nn.Module, folder: str | os.PathLike, meta: dict | None = None, scheduler: Any = None) -> Path:
-    """Save ``model`` to ``folder`` (diffusers pipeline layout for a ``UNet2DModel`` + ``scheduler``)."""
+def save_network(model: nn.Module, folder: str | os.PathLike, meta: dict | None = None, scheduler: Any = None, half: bool = False) -> Path:
+    """Save ``model`` to ``folder`` (diffusers pipeline layout for a ``UNet2DModel`` + ``scheduler``).
+
+    ``half=True`` stores floating-point weights as float16 (time predictors: half the package size);
+    loading casts them back to the network's float32 parameters.
+    """
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -153,6 +163,8 @@ def save_network(model: nn.Module, folder: str | os.PathLike, meta: dict | None 
         if name not in _network_classes():
             raise ValueError(f"model: cannot save a {name}; expected UNet2DModel or one of {sorted(_network_classes())}")
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         tmp = folder / ".model.safetensors.tmp"
         save_file(state, str(tmp))
         os.replace(tmp, folder / "model.safetensors")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["EpsMLP", "ConvClassifier", "ResidualClassifier", "unet_config", "timestep_embedding"]
+__all__ = ["EpsMLP", "ConvClassifier", "ResidualClassifier", "TimeCNN", "TimeMLP", "unet_config", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -124,6 +124,100 @@ class ResidualClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, head: int | None = None):
         return self.head(self.features(x), head)
+
+
+class _ConditionEmbedding(nn.Module):
+    """One learned embedding per categorical attribute, concatenated (TAG App. E.4: the conditional
+    time predictor concatenates condition embeddings to the flattened features before the last layer)."""
+
+    def __init__(self, cond_classes: list[int], emb_dim: int) -> None:
+        super().__init__()
+        self.cond_classes = list(cond_classes)
+        self.tables = nn.ModuleList([nn.Embedding(k, emb_dim) for k in self.cond_classes])
+        self.dim = emb_dim * len(self.cond_classes)
+
+    def forward(self, f: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if not self.cond_classes:
+            return f
+        if cond is None:
+            raise ValueError(f"cond: this time predictor is conditional on {len(self.cond_classes)} attribute(s); expected a LongTensor (B, {len(self.cond_classes)}), got None")
+        cond = torch.as_tensor(cond, dtype=torch.long, device=f.device)
+        if cond.dim() == 1:
+            cond = cond[:, None]
+        if cond.dim() != 2 or cond.shape[1] != len(self.cond_classes):
+            raise ValueError(f"cond: expected a LongTensor (B, {len(self.cond_classes)}), got shape {tuple(cond.shape)}")
+        if cond.shape[0] == 1 and f.shape[0] > 1:
+            cond = cond.expand(f.shape[0], -1)
+        for k, n in enumerate(self.cond_classes):
+            if (cond[:, k] < 0).any() or (cond[:, k] >= n).any():
+                raise ValueError(f"cond: attribute {k} must lie in [0, {n - 1}]")
+        return torch.cat([f] + [table(cond[:, k]) for k, table in enumerate(self.tables)], dim=1)
+
+
+class TimeCNN(nn.Module):
+    """SimpleCNN time predictor ``phi(x[, c]) -> T logits`` (TAG, Park et al. 2025, App. E.4; the TCS predictor).
+
+    Four blocks ``[conv3x3 (pad 1) -> ReLU -> 2x2 avg-pool]``, no normalisation layers, flatten, optional
+    condition embeddings concatenated, one linear layer to ``num_timesteps`` logits. A block pools only
+    while the output side stays >= 2 (8x8 digits: 8 -> 4 -> 2, then no pooling), so the head always
+    sees ``2 * 2 * widths[-1]`` features.
+
+    Project default ``widths = (16, 32, 64, 128)``: half the paper's 32/64/128/256 (which is available
+    by passing it), so four predictors fit in the package budget and train in minutes on a CPU; the
+    accuracy curves in ``docs/results/tag.md`` show what the narrower network reaches.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 32,
+        num_timesteps: int = 1000,
+        widths: list[int] = (16, 32, 64, 128),
+        cond_classes: list[int] = (),
+        emb_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        widths, cond_classes = list(widths), list(cond_classes)
+        self.config = {"in_channels": in_channels, "image_size": image_size, "num_timesteps": num_timesteps,
+                       "widths": widths, "cond_classes": cond_classes, "emb_dim": emb_dim}
+        self.num_timesteps = num_timesteps
+        layers: list[nn.Module] = []
+        c_in, side = in_channels, image_size
+        for c in widths:
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
+            if side // 2 >= 2:
+                layers.append(nn.AvgPool2d(2))
+                side //= 2
+            c_in = c
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.cond = _ConditionEmbedding(cond_classes, emb_dim)
+        self.head = nn.Linear(side * side * c_in + self.cond.dim, num_timesteps)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.cond(self.body(x), cond))
+
+
+class TimeMLP(nn.Module):
+    """MLP time predictor for 2-D data (TAG's toy: 5 layers; width and activation unstated, here 128 and SiLU)."""
+
+    def __init__(self, dim: int = 2, num_timesteps: int = 100, hidden: int = 128, layers: int = 5,
+                 cond_classes: list[int] = (), emb_dim: int = 16) -> None:
+        super().__init__()
+        cond_classes = list(cond_classes)
+        self.config = {"dim": dim, "num_timesteps": num_timesteps, "hidden": hidden, "layers": layers,
+                       "cond_classes": cond_classes, "emb_dim": emb_dim}
+        self.num_timesteps = num_timesteps
+        mods: list[nn.Module] = []
+        width = dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(width, hidden), nn.SiLU()]
+            width = hidden
+        self.body = nn.Sequential(*mods)
+        self.cond = _ConditionEmbedding(cond_classes, emb_dim)
+        self.head = nn.Linear(width + self.cond.dim, num_timesteps)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.cond(self.body(x), cond))
 
 
 def unet_config(bed: str) -> dict:
