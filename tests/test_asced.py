@@ -1,0 +1,460 @@
+"""ASCED (Cao et al., CVPR 2025): exact tests of the streaming detector, TTC and its baselines (spec sections 2-4).
+
+Most tests drive the real sampler with a *planted* eps-model: its clean-image prediction is a known function of t
+(a smooth global ramp, plus, for chosen samples, a 4x4 blob that switches on abruptly between two steps), so
+the DDIM trajectory's x0_hat is known exactly and the detector's answer can be checked pixel for pixel.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from onmanifold.artifacts import (
+    AbnormalScoreCorrection,
+    ASCEDConfig,
+    GroundTruthMasks,
+    ScoreClipping,
+    StateReplacement,
+    StreamingArtifactDetector,
+    TrajectoryAwareCorrection,
+    dilate_mask,
+    filter_components,
+    gt_artifact_mask,
+    phase_boundaries,
+    phase_of_steps,
+    ttc_renoise,
+)
+from onmanifold.artifacts.detector import frame_of, gaussian_blur_reflect
+from onmanifold.sampler import DDIMSampler, SamplerPlugin
+from onmanifold.schedule import NoiseSchedule
+
+SCHED = NoiseSchedule.linear(1000)
+N = 25
+H = 32
+BLOB = (slice(10, 14), slice(18, 22))  # the planted 4x4 region
+SAMPLER = DDIMSampler(SCHED, N, eta=0.0, spacing="linspace")  # t_n = round(n * 999 / 24) descending
+T_SWITCH = 650  # between t_8 = 666 and t_9 = 624: the blob appears in the step pair (8, 9), inside [n_d, n_c) = [6, 12)
+
+
+class PlantedModel:
+    """eps-model whose x0 prediction is ``-0.5 + 6 (1 - t/1000) ramp`` plus ``0.8`` on BLOB for planted samples when ``t < T_SWITCH``."""
+
+    def __init__(self, planted, switch=T_SWITCH):
+        self.planted = torch.tensor(planted, dtype=torch.bool)
+        self.switch = switch
+        self.ramp = torch.linspace(0.05, 0.15, H)[None, None, :, None].expand(1, 1, H, H) + torch.linspace(0, 0.01, H)[None, None, None, :]
+
+    def target(self, t, rows):
+        s = 6.0 * (1.0 - t.double() / 1000.0)
+        x0 = -0.5 + s.reshape(-1, 1, 1, 1) * self.ramp.double()
+        blob = torch.zeros(1, 1, H, H, dtype=torch.float64)
+        blob[..., BLOB[0], BLOB[1]] = 0.8
+        on = (self.planted[rows] & (t < self.switch)).double().reshape(-1, 1, 1, 1)
+        return x0 + on * blob
+
+    def __call__(self, x, t, cond=None):
+        rows = torch.arange(x.shape[0]) if cond is None else cond
+        a = SCHED.abar(t, torch.float64).reshape(-1, 1, 1, 1)
+        return ((x.double() - a.sqrt() * self.target(t, rows)) / (1 - a).sqrt()).to(x.dtype)
+
+
+def planted_mask():
+    m = torch.zeros(H, H, dtype=torch.bool)
+    m[BLOB] = True
+    return m
+
+
+class Spy(SamplerPlugin):
+    """Records x_t at every step's model call (after the other before_model plugins) and x0_hat / eps_hat / x_prev."""
+
+    def __init__(self):
+        self.x_t, self.x0, self.eps_hat, self.x_prev, self.sigma = {}, {}, {}, {}, {}
+
+    def after_model(self, state):
+        self.x_t[state.position] = state.x_t.clone()
+        self.sigma[state.position] = state.sigma
+
+    def after_step(self, state):
+        self.x0[state.position] = state.x0_hat.clone()
+        self.eps_hat[state.position] = state.eps_hat.clone()
+        self.x_prev[state.position] = state.x_prev.clone()
+
+
+def run(plugins, planted=(True, False), seed=3, sampler=SAMPLER, model=None):
+    model = model or PlantedModel(list(planted))
+    n = len(planted)
+    cond = torch.arange(n)
+    return sampler.sample(model, shape=(1, H, H), num_samples=n, seed=seed, plugins=plugins, cond=cond)
+
+
+CFG = ASCEDConfig.for_resolution(H)
+
+
+# ---------------------------------------------------------------- configuration
+def test_for_resolution_follows_the_spec_table():
+    c32, c8, c256 = ASCEDConfig.for_resolution(32), ASCEDConfig.for_resolution(8), ASCEDConfig.for_resolution(256)
+    assert (c32.sigma, c32.area_min, c32.area_max, c32.min_width, c32.dilation) == (0.5, 2, 156, 2, 1)
+    assert (c8.sigma, c8.area_min, c8.area_max, c8.min_width, c8.dilation) == (0.5, 1, 10, 1, 0)
+    assert (c256.sigma, c256.area_min, c256.area_max, c256.min_width, c256.dilation) == (2.0, 100, 10_000, 5, 5)
+    cf = ASCEDConfig.code_faithful()
+    assert cf.quantize and cf.blur_channels and cf.a_min == 0.0 and cf.k == 3.0 and cf.area_min == 100
+    assert (CFG.detection_start(25), CFG.correction_step(25)) == (6, 12)
+    # the alpha_bar rule picks t = 500 (abar ~ 0.078) on the linear schedule's DDIM-25 grid
+    n_d, n_c = CFG.with_(tc_rule="alpha_bar").steps_of(SAMPLER)
+    assert SAMPLER.timesteps[n_c] == 500 and n_c == 12
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"k": 0}, "k"), ({"sigma": -1}, "sigma"), ({"area_min": 10, "area_max": 11}, "area_max"), ({"min_width": 0}, "min_width"),
+    ({"dilation": -1}, "dilation"), ({"tc_frac": 1.5}, "tc_frac"), ({"td_frac": 0.6, "tc_frac": 0.5}, "td_frac"),
+    ({"tc_rule": "late"}, "tc_rule"), ({"quantity": "score"}, "quantity"), ({"gamma": float("nan")}, "gamma"),
+    ({"eta_c": -0.1}, "eta_c"), ({"x0_source": "old"}, "x0_source"), ({"a_min": -1.0}, "a_min"),
+])
+def test_bad_config_names_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ASCEDConfig(**kwargs)
+
+
+def test_bad_arguments_elsewhere():
+    with pytest.raises(ValueError, match="height"):
+        ASCEDConfig.for_resolution(0)
+    with pytest.raises(ValueError, match="not_a_field"):
+        CFG.with_(not_a_field=1)
+    with pytest.raises(TypeError, match="config"):
+        StreamingArtifactDetector({"k": 3})
+    with pytest.raises(TypeError, match="mask_source"):
+        TrajectoryAwareCorrection("detector")
+    with pytest.raises(ValueError, match="source"):
+        TrajectoryAwareCorrection(StreamingArtifactDetector(CFG), source="older")
+    with pytest.raises(ValueError, match="replace_from"):
+        run([det := StreamingArtifactDetector(CFG), StateReplacement(det, CFG, replace_from=12)])
+    with pytest.raises(ValueError, match="masks"):
+        GroundTruthMasks(torch.zeros(4, 32))
+    with pytest.raises(ValueError, match="mask_source"):  # wrong mask shape from an oracle
+        run([TrajectoryAwareCorrection(lambda idx: torch.zeros(len(idx), 8, 8, dtype=torch.bool), CFG)])
+    with pytest.raises(ValueError, match="n: frames must arrive in order"):
+        d = StreamingArtifactDetector(CFG)
+        d.begin(25)
+        d.observe(torch.zeros(1, 1, 8, 8), 1)
+    with pytest.raises(ValueError, match="abar_t"):
+        ttc_renoise(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool), 0.0, torch.zeros(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="block"):
+        gt_artifact_mask(torch.zeros(1, 1, 32, 32), block=0)
+
+
+# ---------------------------------------------------------------- detector
+def test_planted_abrupt_change_is_detected_where_planted():
+    det = StreamingArtifactDetector(CFG.with_(sigma=0.0))  # no blur: the mask is exactly the planted block
+    run([det], planted=(True, False, True))
+    res = det.results()
+    assert res.flagged.tolist() == [True, False, True]
+    for b in (0, 2):
+        assert torch.equal(res.mask[b], planted_mask())
+        assert torch.equal(res.correction_mask[b], dilate_mask(planted_mask()[None], 1)[0])
+    assert not res.mask[1].any() and not res.union[1].any()
+    # with the default blur (sigma = 0.5 px) the mask holds the block and stays within its 1-px ring
+    det = StreamingArtifactDetector(CFG)
+    run([det], planted=(True, False))
+    m = det.results().mask[0]
+    ring = dilate_mask(planted_mask()[None], 1)[0]
+    assert (m >= planted_mask()).all() and (m <= ring).all() and not det.results().mask[1].any()
+    # the z-map ranks every planted pixel above every pixel outside the ring
+    z = det.results().z_map[0]
+    assert float(z[planted_mask()].min()) > float(z[~ring].max())
+
+
+def test_smooth_trajectory_gives_an_empty_mask_even_without_the_floor():
+    det = StreamingArtifactDetector(CFG.with_(a_min=0.0), monitor=True)
+    run([det], planted=(False, False))
+    res = det.results()
+    assert not res.union.any() and not res.mask.any() and not res.flagged.any()
+    # the global change is large (several grey levels per step): the robust per-image test, not the floor, keeps it quiet
+    assert float(det.flag_fraction.max()) == 0.0
+
+
+def test_change_outside_the_window_is_ignored_but_monitored():
+    det = StreamingArtifactDetector(CFG, monitor=True)
+    run([det], model=PlantedModel([True], switch=300), planted=(True,))  # switches on at pair (17, 18): after n_c
+    assert not det.results().flagged.any()
+    f = det.flag_fraction[0]
+    assert f.shape == (N - 1,) and float(f[17 - 1]) > 0 and float(f[:16].max()) == 0.0  # f_n index n-1
+
+
+def test_component_filters_area_band_width_and_dilation():
+    cfg = ASCEDConfig.for_resolution(32)  # area in (2, 156), width 2
+    u = torch.zeros(1, 32, 32, dtype=torch.bool)
+    u[0, 1, 1:3] = True                  # 2 px: area not > 2
+    u[0, 5, 2:20] = True                 # 18 px streak, 1 px wide: no 2x2 block
+    u[0, 10:12, 10:12] = True            # 4 px block: kept
+    u[0, 20:31, 0:15] = True             # 165 px: not < 156
+    u[0, 14:16, 20:22] = True            # 2x2 block plus a tail, one component: kept whole
+    u[0, 16, 21:25] = True
+    m = filter_components(u, cfg)[0]
+    expected = torch.zeros(32, 32, dtype=torch.bool)
+    expected[10:12, 10:12] = True
+    expected[14:16, 20:22] = True
+    expected[16, 21:25] = True
+    assert torch.equal(m, expected)
+    assert torch.equal(filter_components(u, cfg.with_(min_width=1))[0], expected | (u[0] & (torch.arange(32)[:, None] == 5)))
+    d = dilate_mask(expected[None], 1)[0]
+    assert torch.equal(d, torch.from_numpy(ndimage.binary_dilation(expected.numpy(), np.ones((3, 3)))))
+
+
+@pytest.mark.parametrize("sigma, blur_channels", [(0.5, False), (2.0, True), (9.0, False)])  # radius 36 > 8: periodic reflection
+def test_blur_matches_scipy_reflect(sigma, blur_channels):
+    d = torch.rand(2, 3, 8, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = gaussian_blur_reflect(d, sigma, blur_channels)
+    ref = np.stack([ndimage.gaussian_filter(d[b].numpy(), (sigma if blur_channels else 0, sigma, sigma), mode="reflect", truncate=4.0)
+                    for b in range(2)])
+    assert np.allclose(got.numpy(), ref, rtol=0, atol=1e-12)
+
+
+def offline_reference(frames, cfg, n_d, n_c):
+    """Every frame stored, numpy/scipy only (independent of the torch code): (M, U) per sample."""
+    out_m, out_u = [], []
+    for b in range(frames[0].shape[0]):
+        F_ = []
+        for x0 in frames:
+            f = 127.5 * (x0[b].numpy().astype(np.float32) + np.float32(1.0))
+            if cfg.quantize:
+                f = np.clip(f, 0, 255).astype(np.uint8).astype(np.float32)
+            F_.append(f)
+        U = np.zeros(frames[0].shape[-2:], dtype=bool)
+        for n in range(n_d + 1, n_c):
+            D = np.abs(F_[n] - F_[n - 1]).astype(np.float64)
+            if cfg.sigma > 0:
+                D = ndimage.gaussian_filter(D, (cfg.sigma if cfg.blur_channels else 0, cfg.sigma, cfg.sigma), mode="reflect", truncate=4.0)
+            med = np.median(D)
+            mad = np.median(np.abs(D - med))
+            thr = max(med + cfg.k * 1.4826 * mad, cfg.a_min)
+            U |= D.max(0) > thr
+        lab, k = ndimage.label(U)
+        M = np.zeros_like(U)
+        for c in range(1, k + 1):
+            comp = lab == c
+            ok = cfg.area_min < comp.sum() < cfg.area_max
+            if cfg.min_width > 1:
+                ok = ok and ndimage.binary_erosion(comp, np.ones((cfg.min_width, cfg.min_width))).any()
+            M |= comp if ok else False
+        out_m.append(M)
+        out_u.append(U)
+    return np.stack(out_m), np.stack(out_u)
+
+
+@pytest.fixture(scope="module")
+def shapes_trajectories():
+    from onmanifold.model import load_diffusion_model
+
+    loaded = load_diffusion_model("shapes-unet")
+    spy = Spy()
+    x = SAMPLER.sample(loaded.model, shape=loaded.sample_shape, num_samples=6, seed=11, plugins=[spy])
+    return loaded, [spy.x0[n] for n in range(N)], x
+
+
+@pytest.mark.parametrize("cfg", [CFG.with_(quantize=True, a_min=0.0), ASCEDConfig.code_faithful(area_min=4, area_max=400, min_width=2, dilation=1),
+                                 CFG])
+def test_streaming_equals_the_offline_all_frames_reference(shapes_trajectories, cfg):
+    loaded, frames, _ = shapes_trajectories
+    det = StreamingArtifactDetector(cfg)
+    det.begin(N, range(6))
+    for n, x0 in enumerate(frames):
+        det.observe(x0, n)
+    res = det.finalize()
+    m_ref, u_ref = offline_reference(frames, cfg, 6, 12)
+    assert np.array_equal(res.union.numpy(), u_ref) and np.array_equal(res.mask.numpy(), m_ref)
+    assert res.union.any()  # the comparison is not vacuous
+
+
+def test_detector_memory_does_not_grow_with_the_number_of_steps():
+    def stored(steps):
+        det = StreamingArtifactDetector(CFG)
+        run([det], sampler=DDIMSampler(SCHED, steps, eta=0.0, spacing="linspace"))
+        return sum(v.numel() for v in vars(det).values() if torch.is_tensor(v))
+
+    assert stored(10) == stored(50)
+
+
+# ---------------------------------------------------------------- TTC
+def test_outside_the_mask_the_state_is_bit_identical_at_the_correction_step():
+    plain = Spy()
+    run([plain])
+    det = StreamingArtifactDetector(CFG)
+    spy = Spy()
+    run([det, TrajectoryAwareCorrection(det), spy])
+    md = det.results().correction_mask
+    for n in range(12):
+        assert torch.equal(spy.x_t[n], plain.x_t[n])
+    inside = md[:, None]
+    assert torch.equal(spy.x_t[12][~inside], plain.x_t[12][~inside])
+    assert (spy.x_t[12][inside] != plain.x_t[12][inside]).all()
+    assert inside[0, 0][planted_mask()].all() and not inside[1].any()
+
+
+def test_unflagged_samples_equal_plain_ddim_bit_for_bit():
+    x_plain = run([], planted=(True, False, False, True))
+    asced = AbnormalScoreCorrection(CFG)
+    x = run([asced], planted=(True, False, False, True))
+    assert asced.corrector.corrected.tolist() == [True, False, False, True]
+    assert torch.equal(x[1:3], x_plain[1:3])
+    assert not torch.equal(x[0], x_plain[0]) and not torch.equal(x[3], x_plain[3])
+
+
+def test_gamma_zero_ttc_regenerates_the_noise_component_inside_the_mask():
+    plain = Spy()
+    run([plain])
+    det, spy = StreamingArtifactDetector(CFG), Spy()
+    ttc = TrajectoryAwareCorrection(det, CFG)
+    run([det, ttc, spy])
+    a = SCHED.alphas_cumprod[SAMPLER.timesteps[12]]
+    _, eps_new = ttc.correction_noise(type("S", (), {"rng": type("R", (), {"seed": 3})(), "x_t": plain.x_t[12], "sample_indices": [0, 1]})())
+    md = det.results().correction_mask[:, None].expand_as(plain.x_t[12])
+    x0p, eps_old = plain.x0[11], plain.eps_hat[11]
+    # exactly the re-noised previous estimate inside the mask
+    expected = math.sqrt(a) * x0p + math.sqrt(1 - a) * eps_new
+    assert torch.equal(spy.x_t[12][md], expected[md])
+    # = the uncorrected state with its noise component eps_hat_{n_c - 1} swapped for fresh noise
+    swapped = plain.x_t[12] + math.sqrt(1 - a) * (eps_new - eps_old)
+    assert torch.allclose(spy.x_t[12][md], swapped[md], atol=1e-5, rtol=0)
+
+
+def test_all_ones_mask_gamma_zero_and_the_models_noise_is_the_identity():
+    plain = Spy()
+    run([plain])
+
+    class SameNoise(TrajectoryAwareCorrection):
+        def correction_noise(self, state):
+            return torch.zeros_like(state.x_t), plain.eps_hat[11]
+
+    spy = Spy()
+    oracle = SameNoise(GroundTruthMasks(torch.ones(2, H, H, dtype=torch.bool)), CFG)
+    run([oracle, spy])
+    assert oracle.corrected.all()
+    assert torch.equal(spy.x_t[12], plain.x_t[12])  # bit for bit
+    # and the pure function: x_{n_c} = sqrt(a) x0_hat_{n_c-1} + sqrt(1 - a) eps_hat_{n_c-1}
+    a = SCHED.alphas_cumprod[SAMPLER.timesteps[12]]
+    same = ttc_renoise(plain.x_t[12], plain.x0[11], torch.ones(2, H, H, dtype=torch.bool), a, plain.eps_hat[11])
+    assert torch.equal(same, plain.x_t[12])
+
+
+def test_correction_noise_is_per_sample_and_shared_by_the_variants():
+    det1, det2 = StreamingArtifactDetector(CFG, keep_anchor=True), StreamingArtifactDetector(CFG)
+    s1, s2, plain = Spy(), Spy(), Spy()
+    run([plain])
+    run([det1, StateReplacement(det1, CFG), s1])
+    run([det2, TrajectoryAwareCorrection(det2, CFG), s2])
+    a = SCHED.alphas_cumprod[SAMPLER.timesteps[12]]
+    md = det1.results().correction_mask[:, None].expand_as(s1.x_t[12])
+    eps_sr = (s1.x_t[12] - math.sqrt(a) * plain.x0[6]) / math.sqrt(1 - a)  # State Replacement re-noises x0_hat_{n_d}
+    eps_ttc = (s2.x_t[12] - math.sqrt(a) * plain.x0[11]) / math.sqrt(1 - a)
+    assert torch.allclose(eps_sr[md], eps_ttc[md], atol=1e-5)
+    # State Replacement really goes back to the pre-artifact frame: the blob is absent from x0_hat_{n_d}
+    assert float(plain.x0[6][0, 0][BLOB].mean()) < float(plain.x0[11][0, 0][BLOB].mean()) - 0.5
+    # the correction noise of a sample does not depend on its batch
+    t1 = TrajectoryAwareCorrection(det1, CFG, seed=5)
+    st = lambda idx: type("S", (), {"rng": None, "x_t": torch.zeros(len(idx), 1, 4, 4), "sample_indices": idx})()  # noqa: E731
+    assert torch.equal(t1.correction_noise(st([7]))[1][0], t1.correction_noise(st([3, 7]))[1][1])
+
+
+def test_gamma_eta_c_and_current_source():
+    plain = Spy()
+    run([plain])
+    det, spy = StreamingArtifactDetector(CFG), Spy()
+    ttc = TrajectoryAwareCorrection(det, CFG.with_(gamma=0.2, eta_c=1.0))
+    run([det, ttc, spy])
+    a = SCHED.alphas_cumprod[SAMPLER.timesteps[12]]
+    xi, eps = ttc.correction_noise(type("S", (), {"rng": type("R", (), {"seed": 3})(), "x_t": plain.x_t[12], "sample_indices": [0, 1]})())
+    md = det.results().correction_mask[:, None].expand_as(plain.x_t[12])
+    expected = math.sqrt(a) * (plain.x0[11] + 0.2 * xi) + math.sqrt(1 - a) * eps
+    assert torch.allclose(spy.x_t[12][md], expected[md], atol=1e-6)
+    assert spy.sigma[12] > 0 and all(spy.sigma[n] == 0 for n in range(N) if n != 12)
+    # x0_source="current": one extra network call at n_c, x0' = x0_hat(x_{n_c})
+    det, spy = StreamingArtifactDetector(CFG), Spy()
+    run([det, TrajectoryAwareCorrection(det, CFG.with_(x0_source="current")), spy])
+    md = det.results().correction_mask[:, None].expand_as(plain.x_t[12])
+    x0_cur = PlantedModel([True, False]).target(torch.full((2,), 500), torch.arange(2)).float()
+    _, eps = ttc.correction_noise(type("S", (), {"rng": type("R", (), {"seed": 3})(), "x_t": plain.x_t[12], "sample_indices": [0, 1]})())
+    assert torch.allclose(spy.x_t[12][md], (math.sqrt(a) * x0_cur + math.sqrt(1 - a) * eps)[md], atol=1e-5)
+
+
+def test_oracle_ttc_corrects_only_the_ground_truth_region():
+    plain = Spy()
+    run([plain])
+    g = torch.zeros(2, H, H, dtype=torch.bool)
+    g[1, 2:5, 2:5] = True  # oracle says: sample 1 has an artifact there, sample 0 none
+    spy = Spy()
+    ttc = TrajectoryAwareCorrection(GroundTruthMasks(g), CFG)
+    run([ttc, spy])
+    assert ttc.corrected.tolist() == [False, True] and ttc.corrected_area.tolist() == [0, 25]
+    diff = (spy.x_t[12] != plain.x_t[12])[:, 0]
+    assert torch.equal(diff, dilate_mask(g, 1))
+
+
+def test_score_clipping_bounds_each_change_and_starts_after_n_d():
+    plain, spy = Spy(), Spy()
+    run([plain])
+    sc = ScoreClipping(CFG)
+    run([sc, spy])
+    for n in range(7):
+        assert torch.equal(spy.x0[n], plain.x0[n])
+    for n in range(7, 13):
+        delta = 127.5 * (spy.x0[n] - spy.x0[n - 1]).abs().double()
+        raw = 127.5 * (plain.x0[n] - spy.x0[n - 1]).abs().double() if n == 7 else None
+        assert delta.flatten(1).max(1).values.max() < 127.5 * 0.8  # the planted +0.8 jump is never passed whole
+        if raw is not None:
+            med = raw.flatten(1).quantile(0.5, dim=1)
+            mad = (raw.flatten(1) - med[:, None]).abs().quantile(0.5, dim=1)
+            c = torch.clamp(med + 3 * 1.4826 * mad, min=1.0)
+            assert (delta.flatten(1).max(1).values <= c + 1e-4).all()
+    # the step mean uses the clipped estimate: x_{n+1} = sqrt(a') x0 + sqrt(1 - a') eps_hat, eps_hat from the clipped x0
+    n = 9
+    c = SAMPLER.coefficients(n)
+    assert torch.allclose(spy.x_prev[n], math.sqrt(c.abar_prev) * spy.x0[n] + c.mean_eps_coeff * spy.eps_hat[n], atol=1e-6)
+    assert torch.allclose(spy.eps_hat[n], (spy.x_t[n] - math.sqrt(c.abar_t) * spy.x0[n]) / math.sqrt(1 - c.abar_t), atol=1e-5)
+
+
+# ---------------------------------------------------------------- phases, ground truth, diffusers
+def test_phase_boundaries():
+    f = [0.0, 0.001, 0.02, 0.1, 0.3, 0.5, 0.4, 0.2, 0.1, 0.05] + [0.01] * 14
+    b = phase_boundaries(f, 25)
+    assert (b["n_1"], b["n_c"], b["n_peak"], b["n_2"]) == (4, 12, 6, 8)  # f_4 = 0.1 is the first >= 0.1 * 0.5
+    names = phase_of_steps(b, 25)  # names[n - 1] is pair n
+    assert names[:3] == ["Profiling"] * 3 and names[3] == "Mutation" and names[10] == "Mutation" and names[11] == "Refinement"
+    with pytest.raises(ValueError, match="f"):
+        phase_boundaries([0.1] * 5, 25)
+
+
+def test_ground_truth_masks_flag_no_real_shape_and_find_a_planted_blob():
+    from onmanifold.data.shapes import sample_shapes
+
+    x, _ = sample_shapes(64, torch.Generator().manual_seed(1))
+    g, has = gt_artifact_mask(x)
+    assert not has.any() and not g.any()
+    y = x.clone()
+    y[3, 0, 0:3, 0:3] = 0.9  # a 3x3 bright blob in the background corner
+    y[5, 0, 30, 5:25] = 0.9  # a 1-px streak: removed by the 2x2 opening
+    g, has = gt_artifact_mask(y)
+    assert has.tolist() == [i == 3 for i in range(64)]
+    assert g[3, 0:3, 0:3].all() and int(g[3].sum()) == 9
+
+
+def test_works_with_a_diffusers_unet2dmodel():
+    from diffusers import UNet2DModel
+
+    from onmanifold.model import as_eps_model
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    model = as_eps_model(unet, SCHED)
+    sampler = DDIMSampler(SCHED, 10, eta=0.0)
+    asced = AbnormalScoreCorrection(monitor=True)
+    x = sampler.sample(model, shape=(3, 16, 16), num_samples=3, seed=0, plugins=[asced])
+    x_plain = sampler.sample(model, shape=(3, 16, 16), num_samples=3, seed=0)
+    res = asced.detector.results()
+    assert asced.detector.config == ASCEDConfig.for_resolution(16) and (asced.detector.n_d, asced.detector.n_c) == (2, 5)
+    assert res.mask.shape == (3, 16, 16) and asced.detector.flag_fraction.shape == (3, 9)
+    for b in range(3):
+        assert torch.equal(x[b], x_plain[b]) == (not bool(asced.corrector.corrected[b]))
