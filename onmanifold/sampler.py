@@ -155,11 +155,16 @@ class StepState:
         return self.rng.rand(x.shape[1:], dtype=x.dtype)
 
     def set_eps(self, eps: torch.Tensor) -> None:
-        """Replace ``eps`` and recompute ``x0_hat``, ``eps_hat`` and ``mu`` from it."""
+        """Replace ``eps`` and recompute ``x0_hat``, ``eps_hat`` and ``mu`` from it.
+
+        In a gradient island compute the new ``eps`` from ``state.eps`` under ``torch.enable_grad()``
+        so loss gradients flow through it (as :class:`~onmanifold.temporal.EpsilonScaling` does).
+        """
         self.eps = eps
-        self.x0_hat, self.eps_hat, self.mu = self.sampler.mean_from_eps(
-            self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs, self.abar_t_batch
-        )
+        with torch.set_grad_enabled(self.x_t_graph is not None):  # keep the gradient island's graph (loss guidance)
+            self.x0_hat, self.eps_hat, self.mu = self.sampler.mean_from_eps(
+                self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs, self.abar_t_batch
+            )
 
     def loss_gradient(self, loss_fn: Callable, key: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g, L)``: ``g = grad_{x_t} sum_b L_b(x0_hat(x_t))`` through the network, and the per-sample losses ``L``.

@@ -356,3 +356,12 @@ def test_tag_with_the_exact_predictor_undoes_most_of_the_drift(toy):
     r = lambda z: float(z.abs().mean())  # noqa: E731  (mean |coordinate|, ~10 for the clean modes)
     assert r(drift) < 0.8 * r(clean)
     assert abs(r(fixed) - r(clean)) < 0.5 * abs(r(drift) - r(clean))
+
+
+def test_epsilon_scaling_under_dps_keeps_the_gradient_path(toy):
+    """The loss gradient flows through the scaled eps (the loss sees x0_hat of eps / lambda)."""
+    loss = lambda x0: (x0 - 0.5).pow(2).sum(1)  # noqa: E731
+    a = run(toy, [EpsilonScaling(1.05), DiffusionPosteriorSampling(loss, 0.05)], eta=1.0)
+    b = run(toy, [DiffusionPosteriorSampling(loss, 0.05)], eta=1.0)
+    c = run(toy, [EpsilonScaling(1.05)], eta=1.0)
+    assert torch.isfinite(a).all() and not torch.allclose(a, b) and not torch.allclose(a, c)

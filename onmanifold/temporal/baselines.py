@@ -54,7 +54,8 @@ class EpsilonScaling(SamplerPlugin):
     def after_model(self, state: StepState) -> None:
         lam = self.scale(state.t)
         if lam != 1.0:
-            state.set_eps(state.eps / lam)
+            with torch.set_grad_enabled(state.x_t_graph is not None):
+                state.set_eps(state.eps / lam)
 
 
 class TimeCorrectionSampler(SamplerPlugin):

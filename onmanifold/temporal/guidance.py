@@ -33,6 +33,7 @@ Placements (spec section 4; every result records its placement):
     predictor: ``x^(1) = x_t - eta2_1 g_1``; for ``k >= 2`` ``x0_hat`` is recomputed at ``x^(k-1)``
     (one extra network call per extra condition), ``g_k = grad l_k(x0_hat(x^(k-1)))``,
     ``x^(k) = x^(k-1) - eta2_k g_k``; the TLS is taken at ``x^(K)``.
+  - ``shift="none"``: ``x' = x_t`` (a predictor conditioned on every guided attribute, Sec. 4.2).
 
 ``omega0 = 0`` is a bit-for-bit no-op (no predictor call at all).
 """
@@ -50,7 +51,7 @@ from .predictor import time_linked_score
 __all__ = ["TemporalAlignmentGuidance", "select_condition", "check_predictor"]
 
 PLACEMENTS = ("pre", "post", "inline")
-SHIFTS = ("guided", "losses", "sequential")
+SHIFTS = ("guided", "none", "losses", "sequential")
 
 
 def select_condition(condition: Any, state: StepState) -> Any:
@@ -182,6 +183,8 @@ class TemporalAlignmentGuidance(SamplerPlugin):
 
     def _time_point(self, state: StepState) -> torch.Tensor:
         x = state.x_t.detach()
+        if self.shift == "none":
+            return x
         if self.shift == "guided":
             unguided = state.mu.detach() if state.noise is None else state.mu.detach() + state.sigma * state.noise
             return x + (state.x_prev.detach() - unguided)

@@ -1,0 +1,284 @@
+"""The results page of ``onmanifold bench tag``: ``docs/results/tag.md`` (+ ``tag.json`` from the runner) and figures."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+from pathlib import Path
+
+from ..nets.checkpoint import write_text_atomic
+
+__all__ = ["write_tag_report"]
+
+
+def _by(records, cell_method, /, **match):
+    return [r for r in records if r["cell"]["method"] == cell_method and all(r["cell"]["setting"].get(k) == v for k, v in match.items())]
+
+
+def _m(records, cell_method, /, **match):
+    rs = _by(records, cell_method, **match)
+    return rs[0]["metrics"] if rs else None
+
+
+def _f(v, nd=3):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}g}"
+    return str(v)
+
+
+def _table(header, rows):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_f(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _figures(records, fig_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    # 1. predictor accuracy against t
+    preds = _by(records, "predictor")
+    if preds:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+        for r in preds:
+            rows = r["metrics"]["rows"]
+            T = rows[-1]["t"] + 1
+            ax[0].plot([x["t"] / T for x in rows], [x["mean_abs_err"] / T for x in rows], label=r["cell"]["setting"]["name"])
+            ax[1].plot([x["t"] / T for x in rows], [x["within20"] if T > 100 else x["within5"] for x in rows], label=r["cell"]["setting"]["name"])
+        ax[0].set(xlabel="t / T", ylabel="mean |argmax - t| / T", title="time-predictor error (held-out forward samples)")
+        ax[1].set(xlabel="t / T", ylabel="accuracy within +-20 steps (gmm2d: +-5 of 100)", title="tolerant accuracy")
+        ax[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(fig_dir / "tag_predictors.png", dpi=110)
+        plt.close(fig)
+        made.append("figures/tag_predictors.png")
+    # 2. time-gap curves on corrupted digits
+    sig = [s for s in (0.1, 0.2, 0.3) if _m(records, "corrupt", sigma=s, variant="none")]
+    if sig:
+        fig, axes = plt.subplots(1, len(sig), figsize=(4.2 * len(sig), 3.4), squeeze=False)
+        for ax, s in zip(axes[0], sig):
+            for v in ("none", "pre", "post"):
+                m = _m(records, "corrupt", sigma=s, variant=v)
+                if m:
+                    c = m["tg_curve"]
+                    ax.plot([x["t"] for x in c], [x["mean"] for x in c], label=f"{v} (TG {m['tg']:.0f})")
+            ax.invert_xaxis()
+            ax.set(title=f"corrupted digits, sigma = {s}", xlabel="sampler time t", ylabel="time gap |t_hat - t|")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(fig_dir / "tag_time_gap_curves.png", dpi=110)
+        plt.close(fig)
+        made.append("figures/tag_time_gap_curves.png")
+    # 3. omega sweep: FD and TG against omega0 per sigma (validation)
+    vals = _by(records, "corrupt-val")
+    if vals:
+        fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+        for s in sorted({r["cell"]["setting"]["sigma"] for r in vals}):
+            rs = sorted(_by(records, "corrupt-val", sigma=s), key=lambda r: r["cell"]["setting"]["omega0"])
+            xs = [max(r["cell"]["setting"]["omega0"], 0.1) for r in rs]
+            ax[0].plot(xs, [r["metrics"]["fd"] for r in rs], marker="o", label=f"sigma={s}")
+            ax[1].plot(xs, [r["metrics"]["tg"] for r in rs], marker="o", label=f"sigma={s}")
+        for a, yl in zip(ax, ("validation FD (256 samples)", "time gap")):
+            a.set(xscale="log", xlabel="omega0 (0 plotted at 0.1)", ylabel=yl)
+            a.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(fig_dir / "tag_omega_sweep.png", dpi=110)
+        plt.close(fig)
+        made.append("figures/tag_omega_sweep.png")
+    return made
+
+
+def write_tag_report(records: list[dict], results_dir, command: str, run_dir) -> Path:
+    results_dir = Path(results_dir)
+    made = _figures(records, results_dir / "figures")
+    L = ["# Temporal Alignment Guidance (TAG)", "",
+         "Park, Jung, Bae, Yun, *Temporal Alignment Guidance: On-Manifold Sampling in Diffusion Models*, arXiv 2510.11057 (2025).",
+         "Specification: `shared/methods/tag.md`. Protocol: the docstring of `onmanifold/bench/tag.py` (repeated where it matters below).", "",
+         "Command:", "", "```", command, "```", "", f"Date: {_dt.date.today().isoformat()}", ""]
+    claims: list[str] = []
+
+    # ---------------------------------------------------------------- predictors
+    preds = _by(records, "predictor")
+    if preds:
+        L += ["## Time predictors", "",
+              "Accuracy against t on forward-noised held-out data (digits: the held-out split; shapes: 1000 shapes of seed 12345; gmm2d: 2000 draws), "
+              "100 evenly spaced t, 200 examples each. TimeCNN at half the paper's width (16/32/64/128), Adam 1e-3 with cosine decay (paper: 1e-4, 300 k iterations), weights stored in float16.", ""]
+        rows = []
+        for r in preds:
+            m, s = r["metrics"], r["metrics"]["summary"]
+            ks = sorted(k for k in s if k.startswith("mean_abs_err_t"))
+            rows.append([r["cell"]["setting"]["name"], ",".join(m["conditions"]) or "-", m["parameters"], m["train_steps"], m["minutes"],
+                         s["top1"], s["within5"], s["within20"], s["mean_abs_err"], m["chance_mean_abs_err"], s["nll"],
+                         " / ".join(f"{s[k]:.3g}" for k in ks)])
+        L += [_table(["predictor", "conditions", "params", "iterations", "minutes", "top-1", "+-5", "+-20", "mean abs err", "chance", "NLL",
+                      "abs err at 10/40/80 % of T"], rows), ""]
+        if "figures/tag_predictors.png" in made:
+            L += ["![predictor accuracy](figures/tag_predictors.png)", ""]
+    cos = _m(records, "tls-cosine")
+    if cos:
+        L += [f"Learned vs exact TLS on the toy (forward samples, per t in 0, 10, ..., 90): mean cosine {cos['cosine_mean']:.3f}; per t: "
+              + ", ".join(f"{r['t']}: {r['cosine_mean']:.2f}" for r in cos["rows"]) + ".", ""]
+
+    # ---------------------------------------------------------------- toy
+    toy = _by(records, "toy")
+    if toy:
+        L += ["## Toy: gmm2d with drift (Sec. 2)", "",
+              "DDPM-100 (T = 100), drift x <- 0.99 x at the start of every step; exact W1 (POT) of 2000 samples vs 2000 fresh exact draws, "
+              "mean +- sd over 5 test seeds; omega0 by the lowest W1 on a validation seed (grid " + ", ".join(map(str, sorted({r['cell']['setting']['omega0'] for r in _by(records, 'toy-val')}))) + "). "
+              "TG = time gap under the learned predictor. Paper: W1 6.458 -> 1.713 (its scale of drift effect differs: 100 DDPM steps of its own model).", ""]
+        rows = []
+        for eps in ("mlp", "exact"):
+            for v in ("clean", "drift", "tag-learned", "tag-oracle"):
+                rs = _by(records, "toy", eps=eps, variant=v)
+                if not rs:
+                    continue
+                w = [r["metrics"]["w1"] for r in rs]
+                rows.append([eps, v, rs[0]["metrics"].get("omega0"), f"{statistics.mean(w):.3f} +- {statistics.pstdev(w):.3f}",
+                             statistics.mean(r["metrics"]["tg"] for r in rs)])
+        L += [_table(["eps model", "run", "omega0", "W1", "TG"], rows), ""]
+        for eps in ("mlp", "exact"):
+            d = _by(records, "toy", eps=eps, variant="drift")
+            t = _by(records, "toy", eps=eps, variant="tag-learned")
+            c = _by(records, "toy", eps=eps, variant="clean")
+            if d and t and c:
+                wd, wt, wc = (statistics.mean(r["metrics"]["w1"] for r in x) for x in (d, t, c))
+                claims.append(f"toy ({eps} eps): drift W1 {wd:.2f} -> {wt:.2f} with TAG (learned predictor), clean {wc:.2f}: "
+                              f"TAG closes {100 * (wd - wt) / max(wd - wc, 1e-9):.0f} % of the drift gap "
+                              + ("(holds)." if wt < wd else "(does not hold)."))
+
+    # ---------------------------------------------------------------- corrupted
+    cor = _by(records, "corrupt")
+    if cor:
+        L += ["## Corrupted reverse process on digits (Sec. 3.4)", "",
+              "DDIM-50 (eta 0), sigma z added to x_t at the start of every step, TAG omega0 chosen per sigma by the lowest validation FD "
+              "(256 samples, seed 100; the sweep is below and in the figure); test: 1000 samples (seed 0), FD / precision / recall in the "
+              "evaluation classifier's features vs the 400 held-out digits; TG under the bundled predictor (which TAG ascends) and under an "
+              "independently trained full-width predictor (seed 11, not shipped).", ""]
+        rows = []
+        for s in sorted({r["cell"]["setting"]["sigma"] for r in cor}):
+            for v in ("none", "pre", "post"):
+                m = _m(records, "corrupt", sigma=s, variant=v)
+                if m:
+                    rows.append([s, v, m["omega0"], m["fd"], m["precision"], m["recall"], m["tg"], m.get("tg_independent")])
+        L += [_table(["sigma", "TAG", "omega0", "FD", "precision", "recall", "TG", "TG (independent predictor)"], rows), ""]
+        vals = _by(records, "corrupt-val")
+        if vals:
+            omegas = sorted({r["cell"]["setting"]["omega0"] for r in vals})
+            rows = []
+            for s in sorted({r["cell"]["setting"]["sigma"] for r in vals}):
+                row = [s]
+                for w in omegas:
+                    m = _m(records, "corrupt-val", sigma=s, omega0=w)
+                    row.append(f"{m['fd']:.3g} / {m['tg']:.0f}" if m else "-")
+                rows.append(row)
+            L += ["Validation sweep, FD / TG per (sigma, omega0):", "", _table(["sigma"] + [f"omega0={w:g}" for w in omegas], rows), ""]
+            best_fd = {}
+            best_tg = {}
+            for s in sorted({r["cell"]["setting"]["sigma"] for r in vals}):
+                rs = _by(records, "corrupt-val", sigma=s)
+                best_fd[s] = min(rs, key=lambda r: r["metrics"]["fd"])["cell"]["setting"]["omega0"]
+                best_tg[s] = min(rs, key=lambda r: r["metrics"]["tg"])["cell"]["setting"]["omega0"]
+            L += ["argmin FD per sigma: " + ", ".join(f"{s}: {w:g}" for s, w in best_fd.items())
+                  + "; argmin TG per sigma: " + ", ".join(f"{s}: {w:g}" for s, w in best_tg.items()) + ".", ""]
+        for fig in ("figures/tag_time_gap_curves.png", "figures/tag_omega_sweep.png"):
+            if fig in made:
+                L += [f"![{fig}]({fig})", ""]
+        better = []
+        for s in sorted({r["cell"]["setting"]["sigma"] for r in cor}):
+            a, b = _m(records, "corrupt", sigma=s, variant="none"), _m(records, "corrupt", sigma=s, variant="pre")
+            if a and b:
+                better.append((s, a["fd"], b["fd"], a["tg"], b["tg"]))
+        if better:
+            pos = [x for x in better if x[0] > 0]
+            ok_fd = sum(x[2] < x[1] for x in pos)
+            ok_tg = sum(x[4] < x[3] for x in pos)
+            claims.append(f"corrupted digits: TAG (pre) lowers FD at {ok_fd}/{len(pos)} and TG at {ok_tg}/{len(pos)} noise levels sigma > 0 ("
+                          + "; ".join(f"sigma {s}: FD {f0:.3g} -> {f1:.3g}, TG {g0:.0f} -> {g1:.0f}" for s, f0, f1, g0, g1 in better) + ").")
+
+    # ---------------------------------------------------------------- few-step
+    few = _by(records, "fewstep")
+    if few:
+        L += ["## Few-step sampling on digits (Sec. 4.3)", "",
+              "Unconditional, 1000 samples; omega0 per (NFE, sampler) by the lowest validation FD (256 samples) over "
+              + ", ".join(f"{w:g}" for w in sorted({r['cell']['setting']['omega0'] for r in _by(records, 'fewstep-val')})) + " (0 = no TAG allowed). "
+              "Leading spacing visits t = 0 only at NFE 1 (pure noise enters far off-manifold), trailing starts at T - 1.", ""]
+        rows = []
+        for spacing, eta in (("leading", 0.0), ("trailing", 0.0), ("leading", 1.0)):
+            for nfe in sorted({r["cell"]["setting"]["nfe"] for r in few}):
+                a = _m(records, "fewstep", nfe=nfe, spacing=spacing, eta=eta, variant="none")
+                b = _m(records, "fewstep", nfe=nfe, spacing=spacing, eta=eta, variant="tag")
+                if a and b:
+                    rows.append([f"{spacing}, eta {eta:g}", nfe, a["fd"], b["fd"], b["omega0"], a["tg"], b["tg"]])
+        L += [_table(["sampler", "NFE", "FD without", "FD with TAG", "omega0", "TG without", "TG with"], rows), ""]
+        gains = [(r[1], r[2] - r[3]) for r in rows if r[0].startswith("leading, eta 0")]
+        if gains:
+            claims.append("few-step (DDIM, leading): FD gain of TAG per NFE " + ", ".join(f"{n}: {g:+.3g}" for n, g in gains)
+                          + (" — largest at the fewest steps (holds)." if max(g for _, g in gains) > 0 and max(gains, key=lambda x: x[1])[0] == min(g[0] for g in gains) else
+                             " — not largest at the fewest steps (does not hold as stated)."))
+
+    # ---------------------------------------------------------------- label guidance
+    lab = _by(records, "label")
+    if lab:
+        L += ["## Label guidance on digits (Sec. 4.1, Table 8 analogue)", "",
+              "Target class i % 10, guidance classifier on the unclamped x0_hat, DDIM-50 eta = 1, 500 test samples (seed 0), 200 validation "
+              "samples (seed 100). DPS zeta and DSG g_r: highest validation accuracy with FD <= 2x the unguided FD; each add-on's own knob "
+              "(TAG omega0, ES b, TCS gate, TSS window, Langevin snr) by the lowest validation FD on top of the chosen DPS. "
+              "Accuracy by the independent evaluation classifier; TG under the bundled predictor.", ""]
+        rows = []
+        for r in lab:
+            m = r["metrics"]
+            rows.append([r["cell"]["setting"]["method"], f"{m['value']:.4g}", m["fd"], m["acc"], m["precision"], m["recall"], m["tg"], m["nfe_per_sample"], m["s_per_sample"]])
+        L += [_table(["method", "knob", "FD", "accuracy", "precision", "recall", "TG", "NFE", "s/sample"], rows), ""]
+        vals = _by(records, "label-val")
+        if vals:
+            L += ["Validation sweep (FD / accuracy): " + "; ".join(f"{r['cell']['setting']['method']} {r['cell']['setting']['value']}: "
+                                                                   f"{r['metrics']['fd']:.3g} / {r['metrics']['acc']:.3f}" for r in vals) + ".", ""]
+        d, dt = _m(records, "label", method="dps"), _m(records, "label", method="dps+tag")
+        s_, st = _m(records, "label", method="dsg"), _m(records, "label", method="dsg+tag")
+        if d and dt:
+            both = dt["fd"] < d["fd"] and dt["acc"] > d["acc"]
+            claims.append(f"label guidance: DPS FD/acc {d['fd']:.3g}/{d['acc']:.3f} -> DPS+TAG {dt['fd']:.3g}/{dt['acc']:.3f} "
+                          + ("(improves both: holds)" if both else "(does not strictly improve both: does not hold)")
+                          + (f"; DSG {s_['fd']:.3g}/{s_['acc']:.3f} -> DSG+TAG {st['fd']:.3g}/{st['acc']:.3f}." if s_ and st else "."))
+
+    # ---------------------------------------------------------------- shapes
+    sh = _by(records, "shapes")
+    if sh:
+        L += ["## Two-attribute guidance on shapes (Sec. 4.2, Table 5 analogue)", "",
+              "DPS on the type and size heads of the shapes guidance classifier (summed cross-entropies, unclamped x0_hat), DDIM-25 eta = 1, "
+              "4 (type, size) pairs x 64 samples; zeta by the highest validation joint accuracy (16 per pair, seed 100); omega0 by the highest "
+              "validation joint accuracy of the unconditional predictor under `pre`, then used for every predictor. Accuracy by the independent "
+              "evaluation classifier; FD vs 4 x 256 real shapes of the same pairs. `inline` uses the faithful time points: sequential shift "
+              "(unconditional, +1 network call per step), shift by the type loss (size-conditional), x_t (type+size-conditional).", ""]
+        rows = [[r["cell"]["setting"]["variant"], r["metrics"].get("zeta"), r["metrics"].get("omega0"), r["metrics"]["joint_acc"],
+                 r["metrics"]["acc_type"], r["metrics"]["acc_size"], r["metrics"]["fd"], r["metrics"]["s_per_sample"]] for r in sh]
+        L += [_table(["variant", "zeta", "omega0", "joint acc", "type acc", "size acc", "FD", "s/sample"], rows), ""]
+        n0 = _m(records, "shapes", variant="none")
+        if n0:
+            best = max(sh, key=lambda r: r["metrics"]["joint_acc"])
+            claims.append(f"two attributes on shapes: joint accuracy without TAG {n0['joint_acc']:.3f}; best TAG variant "
+                          f"{best['cell']['setting']['variant']} {best['metrics']['joint_acc']:.3f}; multi/single/uncond (pre): "
+                          + ", ".join(f"{_m(records, 'shapes', variant=v)['joint_acc']:.3f}" for v in ("multi-pre", "single-pre", "uncond-pre")
+                                      if _m(records, "shapes", variant=v)) + ".")
+
+    # ---------------------------------------------------------------- cost
+    cost = _m(records, "cost")
+    if cost:
+        L += ["## Cost", "",
+              f"Digits, DDIM-50 eta 1, batch 256, median of alternating repeats in one process: TAG step / plain step = "
+              f"{cost['ratio_tag_over_plain']:.3f} (runs {', '.join(f'{v:.3f}' for v in cost['all_tag_over_plain'])}); "
+              f"DPS+TAG / DPS = {cost['ratio_dps_tag_over_dps']:.3f}; the predictor's forward+backward alone is "
+              f"{100 * cost['predictor_share_of_tag_time']:.0f} % of the TAG run's time. No extra network call (NFE unchanged); one predictor call per step.", ""]
+        claims.append(f"cost: TAG adds one predictor forward+backward per step, no network call: TAG/plain time {cost['ratio_tag_over_plain']:.2f}, "
+                      f"DPS+TAG/DPS {cost['ratio_dps_tag_over_dps']:.2f}.")
+
+    L[len(L):] = ["## Which of the paper's claims held at our scale", ""] + [f"- {c}" for c in claims] + [""]
+    path = results_dir / "tag.md"
+    write_text_atomic(path, "\n".join(L))
+    return path
