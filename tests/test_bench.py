@@ -50,3 +50,20 @@ def test_models_suite_covers_every_bundled_model():
     names = {c.method for c in models_suite().cells}
     assert {"gmm2d-mlp", "digits-unet", "shapes-unet", "digits-classifier", "digits-eval-classifier",
             "shapes-classifier", "shapes-eval-classifier", "ddim50-vs-DDIMPipeline"} == names
+
+
+def test_tag_suite_sweeps_before_use_and_runs_a_toy_cell(tmp_path):
+    from onmanifold.bench.tag import tag_suite
+
+    s = tag_suite(True, tmp_path)
+    pos = {c: i for i, c in enumerate(s.cells)}
+    shared = {"toy": ("eps",), "corrupt": ("sigma",), "fewstep": ("nfe", "spacing", "eta"), "label": (), "shapes": ()}
+    for c in s.cells:  # every test cell that reads a validation choice comes after all of its sweep
+        if c.method in shared:
+            val = [d for d in s.cells if d.method == f"{c.method}-val" and all(d.setting[k] == c.setting[k] for k in shared[c.method])]
+            assert val and max(pos[d] for d in val) < pos[c]
+    cell = next(c for c in s.cells if c.method == "toy-val")
+    m = s.run_cell(cell)
+    assert 0 < m["w1"] < 20
+    with pytest.raises(RuntimeError, match="must run before"):
+        s.run_cell(next(c for c in s.cells if c.method == "toy" and c.setting["variant"] == "tag-oracle"))

@@ -477,3 +477,36 @@ def _cost_cell(s, loaded, phi) -> dict:
         share.append(t_phi / t_tag)
     return {"ratio_tag_over_plain": statistics.median(r_plain), "ratio_dps_tag_over_dps": statistics.median(r_dps),
             "predictor_share_of_tag_time": statistics.median(share), "all_tag_over_plain": r_plain, "all_dps_tag_over_dps": r_dps}
+
+
+# ------------------------------------------------------------------------------------------ demo
+# omega0 values of the demo rows: the ones the validation sweeps of `onmanifold bench tag` chose
+# (docs/results/tag.md: toy with the learned predictor and MLP eps; corrupted digits at sigma = 0.2).
+DEMO_TOY_OMEGA = 1.0
+DEMO_CORRUPT_SIGMA = 0.2
+DEMO_CORRUPT_OMEGA = 5.0
+
+
+def tag_demo_rows(n_toy: int = 1000, n_digits: int = 256, seed: int = 0) -> list[dict]:
+    """TAG rows of ``onmanifold demo``: gmm2d with drift (W1) and corrupted digits (FD, time gap)."""
+    from ..data.gmm2d import sample_gmm2d
+    from ..metrics import wasserstein1_exact
+    from ..model import load_diffusion_model
+    from ..temporal import LinearDrift, NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder, load_time_predictor
+
+    rows = []
+    toy, phi = load_diffusion_model("gmm2d-mlp"), load_time_predictor("gmm2d-time")
+    ref = sample_gmm2d(n_toy, torch.Generator().manual_seed(777))
+    for label, plugins in (("clean", []), ("drift", [LinearDrift(0.01)]),
+                           ("drift + TAG", [LinearDrift(0.01), TemporalAlignmentGuidance(phi, DEMO_TOY_OMEGA)])):
+        x, sec = _sample(toy, plugins, 100, n_toy, seed, eta=1.0, batch_size=n_toy)
+        rows.append({"task": "gmm2d, drift -0.01x, DDPM-100", "method": label, "omega0": DEMO_TOY_OMEGA if "TAG" in label else "-",
+                     "w1": wasserstein1_exact(x, ref), "s/sample": sec / n_toy})
+    digits, phi = load_diffusion_model("digits-unet"), load_time_predictor("digits-time")
+    for label, w in (("corrupted", 0.0), ("corrupted + TAG", DEMO_CORRUPT_OMEGA)):
+        rec = TimeGapRecorder(phi)
+        plugins = [NoiseInjection(DEMO_CORRUPT_SIGMA), rec, TemporalAlignmentGuidance(phi, w)]
+        x, sec = _sample(digits, plugins, 50, n_digits, seed)
+        rows.append({"task": f"digits, sigma={DEMO_CORRUPT_SIGMA} noise every step, DDIM-50", "method": label, "omega0": w if w else "-",
+                     "fd": _quality("digits", x, full=False)["fd"], "time gap": rec.mean(), "s/sample": sec / n_digits})
+    return rows
