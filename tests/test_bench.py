@@ -5,7 +5,7 @@ import pytest
 from onmanifold.bench import cell_selector
 from onmanifold.bench.dsg import TABLE3, dsg_suite, table3
 from onmanifold.bench.foundation import models_suite
-from onmanifold.bench.runner import Cell
+from onmanifold.bench.runner import Cell, CellNotReady
 from onmanifold.cli import main
 
 
@@ -65,5 +65,5 @@ def test_tag_suite_sweeps_before_use_and_runs_a_toy_cell(tmp_path):
     cell = next(c for c in s.cells if c.method == "toy-val")
     m = s.run_cell(cell)
     assert 0 < m["w1"] < 20
-    with pytest.raises(RuntimeError, match="must run before"):
+    with pytest.raises(CellNotReady, match="must run before"):
         s.run_cell(next(c for c in s.cells if c.method == "toy" and c.setting["variant"] == "tag-oracle"))

@@ -1,5 +1,10 @@
 """Benchmark suites (``onmanifold bench SUITE``), one module per paper plus the foundation suites.
 
+Scale out with PyTorch's launcher: ``torchrun --nproc-per-node N -m onmanifold bench SUITE ...``
+splits the cells over N processes sharing the run directory (gloo on CPU, NCCL on GPUs); process 0
+writes the summary. Each cell is computed by one process from its own seeds, so the results equal
+the single-process run's.
+
 Every suite runs through the resumable :mod:`onmanifold.bench.runner`: finished cells are written
 as JSON under ``runs/<suite>/cells`` and skipped on a rerun; the summary goes to
 ``docs/results/<suite>.json`` and ``.md`` with the exact command and the date.
@@ -49,6 +54,21 @@ def cell_selector(only: list[str], exclude: list[str]) -> Callable[[Cell], bool]
     return keep
 
 
+def _distributed_init() -> tuple[int, int]:
+    """``(rank, world_size)``: under ``torchrun`` (``WORLD_SIZE > 1``) join the process group (gloo on CPU, NCCL on GPUs)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 def run_bench_cli(args, progress: bool, command: str) -> int:
     """Entry point of ``onmanifold bench``."""
     suites = _suites()
@@ -62,7 +82,16 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
     run_dir = args.run_dir or f"runs/{args.suite}" + ("-quick" if args.quick else "")
     suite = suites[args.suite](args.quick, run_dir)
     cell_filter = cell_selector(args.only, args.exclude)
-    records = run_suite(suite, run_dir, progress=progress, shard_filter=cell_filter)
+    rank, world = _distributed_init()
+    records = run_suite(suite, run_dir, progress=progress and rank == 0, shard_filter=cell_filter, rank=rank, world_size=world)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every process has written its cells
+        records = run_suite(suite, run_dir, progress=False, shard_filter=lambda c: False)
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     results_dir = args.results_dir or (run_dir if args.quick else "docs/results")
     json_path, md_path = summarize(suite, records, results_dir, command)
     report = getattr(suite, "report", None)

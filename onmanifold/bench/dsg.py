@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .runner import Cell, Suite
+from .runner import Cell, Suite, finished_records
 
 __all__ = ["dsg_suite", "TABLE3", "ZETA_GRID", "make_task", "guided_run"]
 
@@ -159,17 +159,8 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
             loaded_cache[bed] = load_diffusion_model(f"{bed}-unet")
         return loaded_cache[bed]
 
-    def records(method: str, **match) -> list[dict]:
-        from .runner import _load_record
-
-        out = []
-        for c in cells:
-            if c.method == method and all(c.setting.get(k) == v for k, v in match.items()):
-                rec = _load_record(run_dir / "cells" / f"{c.key}.json", c)
-                if rec is None:
-                    raise RuntimeError(f"cell {c.key} must run before the cells that use its result")
-                out.append(rec)
-        return out
+    def records(cell_method: str, /, **match) -> list[dict]:
+        return finished_records(cells, run_dir, cell_method, **match)
 
     def loss_for(bed, task, split, n, seed=0):
         from ..losses import MeasurementLoss

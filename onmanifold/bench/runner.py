@@ -223,11 +223,34 @@ def _compute(suite: Suite, cell: Cell) -> dict:
     return _loads_strict(json.dumps(record, allow_nan=False))
 
 
+class CellNotReady(RuntimeError):
+    """A cell needs the result of another cell that has not finished yet (the runner retries it later)."""
+
+
+def finished_records(cells: Sequence[Cell], run_dir: str | os.PathLike, cell_method: str, /, **match: Any) -> list[dict]:
+    """The finished records of the cells of ``cell_method`` whose settings match ``match`` (suite order).
+
+    Raises :class:`CellNotReady` if one of them has not finished: suites call this to read a
+    validation choice, and the runner then retries the asking cell after the others.
+    """
+    out = []
+    for c in cells:
+        if c.method == cell_method and all(c.setting.get(k) == v for k, v in match.items()):
+            rec = _load_record(Path(run_dir) / "cells" / f"{c.key}.json", c)
+            if rec is None:
+                raise CellNotReady(f"cell {c.key} must run before the cells that use its result")
+            out.append(rec)
+    return out
+
+
 def run_suite(
     suite: Suite,
     run_dir: str | os.PathLike,
     progress: bool = True,
     shard_filter: Callable[[Cell], bool] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    wait_seconds: float = 6 * 3600.0,
 ) -> list[dict]:
     """Run (or resume) ``suite``; one record per cell in ``<run_dir>/cells/<key>.json``.
 
@@ -235,29 +258,65 @@ def run_suite(
     foreign file is recomputed with a warning. With ``shard_filter``, only cells for which it is
     true are run; the others are loaded if present, else omitted. Returns the records in suite order,
     each ``{"cell", "metrics", "seconds", "finished_at"}``.
+
+    Several processes (``world_size > 1``, e.g. under ``torchrun``) share one ``run_dir``: process
+    ``rank`` computes the cells ``i`` with ``i % world_size == rank``. A cell whose inputs are not
+    finished (:class:`CellNotReady`) is retried after the others; in one process a round without
+    progress is an error, with several the process waits (up to ``wait_seconds``) for the others'
+    files. Every cell is computed by exactly one process from its own seeds, so the results are those
+    of a single-process run.
     """
     cells_dir = Path(run_dir) / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
-    records: list[dict] = []
-    ran = loaded = 0
-    bar = tqdm(total=len(suite.cells), desc=suite.name, unit="cell", disable=not progress)
+    todo = []
+    loaded = 0
+    for i, cell in enumerate(suite.cells):
+        if _load_record(cells_dir / f"{cell.key}.json", cell) is not None:
+            loaded += 1
+        elif i % world_size == rank and (shard_filter is None or shard_filter(cell)):
+            todo.append(cell)
+    ran = 0
+    bar = tqdm(total=len(todo), desc=suite.name, unit="cell", disable=not progress)
+    waited_since = None
     try:
-        for cell in suite.cells:
-            bar.set_description(f"{suite.name}: {cell.method}")
-            path = cells_dir / f"{cell.key}.json"
-            rec = _load_record(path, cell)
-            if rec is None and (shard_filter is None or shard_filter(cell)):
-                rec = _compute(suite, cell)
+        while todo:
+            blocked: list[Cell] = []
+            last_error: CellNotReady | None = None
+            for cell in todo:
+                bar.set_description(f"{suite.name}: {cell.method}")
+                path = cells_dir / f"{cell.key}.json"
+                if _load_record(path, cell) is not None:  # another process may have written it meanwhile
+                    bar.update(1)
+                    continue
+                try:
+                    rec = _compute(suite, cell)
+                except CellNotReady as e:
+                    blocked.append(cell)
+                    last_error = e
+                    continue
+                if world_size > 1:
+                    rec["rank"] = rank  # which process computed it (scale-out runs)
                 write_json_atomic(path, rec)
                 ran += 1
-            elif rec is not None:
-                loaded += 1
-            if rec is not None:
-                records.append(rec)
-            bar.set_postfix(ran=ran, loaded=loaded, refresh=False)
-            bar.update(1)
+                bar.set_postfix(ran=ran, loaded=loaded, refresh=False)
+                bar.update(1)
+            if blocked and len(blocked) == len(todo):  # no progress in a whole round
+                if world_size == 1:
+                    raise last_error
+                waited_since = waited_since or time.monotonic()
+                if time.monotonic() - waited_since > wait_seconds:
+                    raise CellNotReady(f"rank {rank}: waited {wait_seconds:.0f} s for other processes: {last_error}")
+                time.sleep(1.0)
+            else:
+                waited_since = None
+            todo = blocked
     finally:
         bar.close()
+    records = []
+    for cell in suite.cells:
+        rec = _load_record(cells_dir / f"{cell.key}.json", cell)
+        if rec is not None:
+            records.append(rec)
     return records
 
 

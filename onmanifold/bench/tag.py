@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .runner import Cell, Suite
+from .runner import Cell, Suite, finished_records
 
 __all__ = ["tag_suite"]
 
@@ -144,16 +144,7 @@ def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
         return cache[key]
 
     def records(cell_method: str, /, **match) -> list[dict]:
-        from .runner import _load_record
-
-        out = []
-        for c in cells:
-            if c.method == cell_method and all(c.setting.get(k) == v for k, v in match.items()):
-                rec = _load_record(run_dir / "cells" / f"{c.key}.json", c)
-                if rec is None:
-                    raise RuntimeError(f"cell {c.key} must run before the cells that use its result")
-                out.append(rec)
-        return out
+        return finished_records(cells, run_dir, cell_method, **match)
 
     def run_cell(cell: Cell) -> dict:
         s, m = cell.setting, cell.method
