@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"], help="timestep respacing")
     sp.add_argument("--seed", type=int, default=0, help="base seed; sample i uses its own generator seeded by (seed, i)")
     sp.add_argument("--batch-size", type=int, default=256, help="samples per network call (does not change the samples)")
+    sp.add_argument("--micro-batch", type=int, default=16,
+                    help="evaluate the network in micro-batches of exactly this size, so samples are bit-identical whatever --batch-size (0: off, faster)")
     sp.add_argument("--no-clamp", action="store_true", help="do not clamp x0_hat to [-1, 1] (images only)")
     sp.add_argument("--method", default="none", choices=["none", "dps", "dsg"], help="loss guidance: none, DPS (zeta * gradient) or DSG (spherical Gaussian constraint)")
     sp.add_argument("--task", default=None, choices=["box", "random", "sr", "blur", "label"],

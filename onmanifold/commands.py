@@ -10,14 +10,15 @@ import torch
 __all__ = ["run_sample", "sampler_for", "guidance_setup"]
 
 
-def sampler_for(loaded, steps: int, eta: float = 0.0, spacing: str = "leading", clamp: bool = True):
+def sampler_for(loaded, steps: int, eta: float = 0.0, spacing: str = "leading", clamp: bool = True, micro_batch: int | None = None):
     """A :class:`~onmanifold.sampler.DDIMSampler` for a loaded model (clamping only where it has a data range)."""
     from .sampler import DDIMSampler
 
     if steps > loaded.schedule.T:
         raise ValueError(f"--steps: expected at most the model's T = {loaded.schedule.T}, got {steps}")
     rng = loaded.data_range or (-1.0, 1.0)
-    return DDIMSampler(loaded.schedule, steps, eta=eta, spacing=spacing, clamp_x0=clamp and loaded.data_range is not None, data_range=rng)
+    return DDIMSampler(loaded.schedule, steps, eta=eta, spacing=spacing, clamp_x0=clamp and loaded.data_range is not None, data_range=rng,
+                       micro_batch=micro_batch or None)
 
 
 def guidance_setup(args, loaded, bed: str | None, n: int):
@@ -72,7 +73,9 @@ def run_sample(args, progress: bool) -> int:
     loaded = load_diffusion_model(args.model)
     bed = bed_of_model(args.model, loaded.sample_shape)
     plugin, loss, y, truth = guidance_setup(args, loaded, bed, args.num_samples)
-    sampler = sampler_for(loaded, args.steps, args.eta, args.spacing, clamp=not args.no_clamp)
+    if args.micro_batch < 0:
+        raise SystemExit(f"--micro-batch: expected 0 (off) or a positive size, got {args.micro_batch}")
+    sampler = sampler_for(loaded, args.steps, args.eta, args.spacing, clamp=not args.no_clamp, micro_batch=args.micro_batch)
     x = sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=args.num_samples, seed=args.seed,
                        batch_size=args.batch_size, progress=progress, plugins=[plugin] if plugin else [])
     out = Path(args.out)
