@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--exclude", action="append", default=[], metavar="KEY=V1,V2", help="skip the cells matching KEY=V1,V2 (repeatable)")
     bp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    # ---------------------------------------------------------------- report
+    rp = sub.add_parser("report", help="one self-contained HTML page + a markdown summary for a run directory", formatter_class=fmt,
+                        description="Gather a run directory's markdown summaries, finished benchmark cells and PNG figures into RUN_DIR/report.html (figures inlined) and RUN_DIR/report.md.")
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory: runs/<suite> from bench, demo_out from demo, or a sample output folder")
+    rp.add_argument("--title", default=None, help="page title (default: the directory name)")
+
     # ---------------------------------------------------------------- demo
     dp = sub.add_parser("demo", help="the main job: sample every bundled model and print a quality table", formatter_class=fmt,
                         description="Sample each bundled model with the onmanifold loop, print a quality table (FD, precision, recall; W1 for gmm2d) and write image grids.")
@@ -154,6 +160,12 @@ def _dispatch(args, argv: list[str]) -> int:
         from .bench import run_bench_cli
 
         return run_bench_cli(args, progress, _command_line(argv))
+    if args.command == "report":
+        from .report import write_report
+
+        html_path, md_path = write_report(args.run_dir, args.title)
+        print(f"wrote {html_path} and {md_path}")
+        return 0
     if args.command == "demo":
         from .demo import run_demo
 

@@ -20,9 +20,10 @@ __all__ = ["Cell", "Suite", "run_suite", "summarize", "SUITES", "run_bench_cli"]
 
 
 def _suites() -> dict[str, Callable[..., Suite]]:
-    from . import asced, dsg, foundation, tag
+    from . import asced, compose, dsg, foundation, tag
 
-    return {"models": foundation.models_suite, "dsg": dsg.dsg_suite, "tag": tag.tag_suite, "asced": asced.asced_suite}
+    return {"models": foundation.models_suite, "dsg": dsg.dsg_suite, "tag": tag.tag_suite, "asced": asced.asced_suite,
+            "compose": compose.compose_suite}
 
 
 SUITES = _suites
