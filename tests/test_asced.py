@@ -458,3 +458,42 @@ def test_works_with_a_diffusers_unet2dmodel():
     assert res.mask.shape == (3, 16, 16) and asced.detector.flag_fraction.shape == (3, 9)
     for b in range(3):
         assert torch.equal(x[b], x_plain[b]) == (not bool(asced.corrector.corrected[b]))
+
+
+# ---------------------------------------------------------------- the bench suite and the demo row
+def test_asced_suite_structure():
+    from onmanifold.bench import SUITES
+    from onmanifold.bench.asced import ABLATIONS, TC_SWEEP, asced_suite
+
+    assert SUITES()["asced"] is asced_suite
+    s = asced_suite(False, "unused")
+    cells = s.cells
+    for bed, methods in (("shapes", ("original", "asced", "state-replacement", "score-clipping", "oracle-ttc")), ("digits", ("original", "asced"))):
+        for m in methods:
+            main = [c for c in cells if c.method == m and c.setting.get("bed") == bed and c.setting.get("tc_frac") == 0.48 and "variant" not in c.setting]
+            assert sum(c.setting["n"] for c in main) >= 1000 and len({c.shard for c in main}) == len(main)
+    first_oracle = min(i for i, c in enumerate(cells) if c.method == "oracle-ttc")
+    assert max(i for i, c in enumerate(cells) if c.method == "original" and c.setting["bed"] == "shapes") < first_oracle
+    assert {c.setting["tc_frac"] for c in cells if c.method == "asced" and "variant" not in c.setting and c.setting["bed"] == "shapes"} == set(TC_SWEEP)
+    assert {c.setting["variant"] for c in cells if "variant" in c.setting} == set(ABLATIONS)
+    assert cells[-1].method == "summary" and cells[-2].method == "overhead" and cells[-2].setting["repeats"] == 5
+
+
+def test_asced_quick_suite_runs_and_writes_the_report(tmp_path):
+    from onmanifold.cli import main
+
+    assert main(["bench", "asced", "--quick", "--run-dir", str(tmp_path), "--no-progress"]) == 0
+    md = (tmp_path / "asced.md").read_text()
+    for part in ("Generation quality", "Detection against ground truth", "T_c sweep", "Phases (shapes)", "Overhead", "claims at our scale"):
+        assert part in md
+    for fig in ("asced_grid_shapes.png", "asced_phases_shapes.png", "asced_phases_digits.png", "asced_tc_sweep.png"):
+        assert (tmp_path / "figures" / fig).is_file()
+    assert (tmp_path / "asced.json").is_file() and (tmp_path / "asced-cells.md").is_file()
+
+
+def test_demo_rows():
+    from onmanifold.bench.asced import asced_demo_rows
+
+    rows = asced_demo_rows(4, 0)
+    assert [r["method"] for r in rows] == ["DDIM-25", "DDIM-25 + ASCED"]
+    assert all(0.0 <= r["GT artifact rate"] <= 1.0 for r in rows) and 0.0 <= rows[1]["flagged"] <= 1.0 and rows[1]["time ratio"] > 0

@@ -64,7 +64,7 @@ def plot_phase_histogram(curves: Mapping[str, Sequence[float]], bounds: dict, nu
     import matplotlib.pyplot as plt
 
     n = np.arange(1, num_steps)
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
     names = list(curves)
     first = np.asarray(curves[names[0]], dtype=np.float64)
     ax.bar(n / num_steps, first, width=0.8 / num_steps, color="0.55", label=names[0])
@@ -75,7 +75,7 @@ def plot_phase_histogram(curves: Mapping[str, Sequence[float]], bounds: dict, nu
     if n1 is not None:
         ax.axvspan(0, (n1 - 0.5) / num_steps, color="tab:blue", alpha=0.08)
         ax.axvspan((n1 - 0.5) / num_steps, (nc - 0.5) / num_steps, color="tab:red", alpha=0.08)
-        ax.text(0.5 * (n1 - 0.5) / num_steps, ymax * 0.95, "Profiling", ha="center", va="top", fontsize=8)
+        ax.text(0.5 * (n1 - 0.5) / num_steps, ymax * 0.95, "Profiling", ha="center", va="top", fontsize=8, rotation=90 if n1 <= 2 else 0)
         ax.text(0.5 * (n1 + nc - 1) / num_steps, ymax * 0.95, "Mutation", ha="center", va="top", fontsize=8)
     ax.axvspan((nc - 0.5) / num_steps, 1.0, color="tab:green", alpha=0.08)
     ax.text(0.5 * ((nc - 0.5) / num_steps + 1.0), ymax * 0.95, "Refinement", ha="center", va="top", fontsize=8)
@@ -90,7 +90,7 @@ def plot_phase_histogram(curves: Mapping[str, Sequence[float]], bounds: dict, nu
     ax.set_ylabel("fraction of pixels flagged")
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.85))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
