@@ -105,13 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--title", default=None, help="page title (default: the directory name)")
 
     # ---------------------------------------------------------------- demo
-    dp = sub.add_parser("demo", help="the main job: sample every bundled model and print a quality table", formatter_class=fmt,
-                        description="Sample each bundled model with the onmanifold loop, print a quality table (FD, precision, recall; W1 for gmm2d) and write image grids.")
-    dp.add_argument("--out", default="demo_out", help="output folder for grids and the table")
-    dp.add_argument("--num-samples", type=int, default=500, help="samples per model")
-    dp.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    dp = sub.add_parser("demo", help="the main job: DSG, TAG and ASCED against their baselines and composed, one table and a report", formatter_class=fmt,
+                        description="Run DSG vs DPS (digits inpainting), Temporal Alignment Guidance (gmm2d drift, corrupted digits), ASCED (shapes) "
+                                    "and DSG + TAG + ASCED in one run (shapes super-resolution) on the bundled models; print one table and write "
+                                    "OUT/summary.md, OUT/summary.json and the self-contained OUT/report.html.")
+    dp.add_argument("--out", default="demo_out", help="output folder for the table, grids and report")
     dp.add_argument("--seed", type=int, default=0, help="base seed")
-    dp.add_argument("--dsg-samples", type=int, default=128, help="held-out digits for the DSG-vs-DPS inpainting table")
+    dp.add_argument("--dsg-samples", type=int, default=128, help="held-out digits for DSG vs DPS")
+    dp.add_argument("--tag-samples", type=int, default=128, help="digits samples for the corrupted-process rows")
+    dp.add_argument("--asced-samples", type=int, default=64, help="shapes samples for the ASCED rows")
+    dp.add_argument("--compose-samples", type=int, default=32, help="shapes for the composition rows")
     dp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 

@@ -42,8 +42,11 @@ def _problem(split: str, n: int, seed: int = 0):
 
 
 def compose_run(method: str, n: int, split: str = "heldout", zeta: float = 3.0, g_r: float = 0.2, omega0: float = 5.0, seed: int = 0,
-                steps: int = 25) -> dict:
-    """Sample ``n`` shapes with ``method`` (``+``-joined parts of ``dps``/``dsg``, ``tag``, ``asced``) and score them."""
+                steps: int = 25, samples_out: dict | None = None) -> dict:
+    """Sample ``n`` shapes with ``method`` (``+``-joined parts of ``dps``/``dsg``, ``tag``, ``asced``) and score them.
+
+    ``samples_out``: a dict that receives the samples (``"x"``) and the truth (``"truth"``).
+    """
     from .. import metrics
     from ..artifacts import AbnormalScoreCorrection, ASCEDConfig, gt_artifact_mask
     from ..evaluate import quality
@@ -72,6 +75,8 @@ def compose_run(method: str, n: int, split: str = "heldout", zeta: float = 3.0, 
     x = sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=100 + seed if split == "val" else seed,
                        plugins=plugins, batch_size=128)
     sec = time.perf_counter() - t0
+    if samples_out is not None:
+        samples_out.update(x=x, truth=truth)
     _, has = gt_artifact_mask(x)
     out = {"psnr": float(metrics.psnr(x, truth).mean()), "ssim": float(metrics.ssim(x, truth).mean()),
            "gt_artifact_rate": float(has.float().mean()), "s_per_sample": sec / n}
