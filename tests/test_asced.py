@@ -203,6 +203,17 @@ def test_component_filters_area_band_width_and_dilation():
     assert torch.equal(d, torch.from_numpy(ndimage.binary_dilation(expected.numpy(), np.ones((3, 3)))))
 
 
+def test_frames_quantize_truncates_and_weighted_score_needs_eps():
+    x0 = torch.tensor([-1.0, -0.999, 0.0, 0.5, 0.99, 1.0]).reshape(1, 1, 1, 6)
+    assert frame_of(x0, CFG.with_(quantize=True)).flatten().tolist() == [0.0, 0.0, 127.0, 191.0, 253.0, 255.0]  # 127.5 * 1.99 = 253.7 -> 253
+    assert frame_of(x0, CFG).flatten().tolist() == (127.5 * (x0 + 1)).flatten().tolist()
+    ws = CFG.with_(quantity="weighted_score")
+    eps = torch.ones_like(x0)
+    assert torch.allclose(frame_of(x0, ws, eps, 0.2), torch.full_like(x0, -127.5 * 2.0))  # -sqrt(0.8 / 0.2) * 127.5
+    with pytest.raises(ValueError, match="eps"):
+        frame_of(x0, ws)
+
+
 @pytest.mark.parametrize("sigma, blur_channels", [(0.5, False), (2.0, True), (9.0, False)])  # radius 36 > 8: periodic reflection
 def test_blur_matches_scipy_reflect(sigma, blur_channels):
     d = torch.rand(2, 3, 8, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
