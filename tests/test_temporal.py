@@ -365,3 +365,17 @@ def test_epsilon_scaling_under_dps_keeps_the_gradient_path(toy):
     b = run(toy, [DiffusionPosteriorSampling(loss, 0.05)], eta=1.0)
     c = run(toy, [EpsilonScaling(1.05)], eta=1.0)
     assert torch.isfinite(a).all() and not torch.allclose(a, b) and not torch.allclose(a, c)
+
+
+def test_omega_grid_and_choice_on_validation():
+    from onmanifold.temporal import choose_omega, omega_grid
+
+    g = omega_grid()
+    assert g[0] == 0.0 and g[1] == 0.05 and g[-1] == 200.0 and g == sorted(g)
+    best, table = choose_omega(lambda w: (w - 5.0) ** 2, g)
+    assert best == 5.0 and len(table) == len(g)
+    assert choose_omega(lambda w: 1.0, [2.0, 0.5])[0] == 0.5  # ties go to the weaker strength
+    with pytest.raises(ValueError, match="omega0 = 1"):
+        choose_omega(lambda w: float("nan") if w == 1 else w, [0.5, 1, 2])
+    with pytest.raises(ValueError, match="low, high"):
+        omega_grid(10, 1)

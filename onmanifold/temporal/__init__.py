@@ -5,6 +5,7 @@
 * :mod:`~onmanifold.temporal.recorders` — :class:`TimeGapRecorder`, the time-gap diagnostic.
 * :mod:`~onmanifold.temporal.baselines` — Epsilon Scaling, TCS, Time-Shift Sampler, Langevin corrector.
 * :mod:`~onmanifold.temporal.corruptions` — per-step noise injection and linear drift (the paper's perturbations).
+* :mod:`~onmanifold.temporal.sweep` — the omega0 grid and the validation-seed selection rule.
 """
 
 from .baselines import EpsilonScaling, LangevinCorrector, TimeCorrectionSampler, TimeShiftSampler, image_variance
@@ -19,6 +20,7 @@ from .predictor import (
     time_linked_score_closed_form,
 )
 from .recorders import TimeGapRecorder
+from .sweep import choose_omega, omega_grid
 
 __all__ = [
     "TemporalAlignmentGuidance",
@@ -36,4 +38,6 @@ __all__ = [
     "image_variance",
     "NoiseInjection",
     "LinearDrift",
+    "omega_grid",
+    "choose_omega",
 ]
