@@ -67,3 +67,14 @@ def test_tag_suite_sweeps_before_use_and_runs_a_toy_cell(tmp_path):
     assert 0 < m["w1"] < 20
     with pytest.raises(CellNotReady, match="must run before"):
         s.run_cell(next(c for c in s.cells if c.method == "toy" and c.setting["variant"] == "tag-oracle"))
+
+
+def test_results_page_lists_every_command_that_wrote_the_run(tmp_path):
+    base = ["bench", "tag", "--quick", "--only", "method=toy-val", "--only", "eps=mlp", "--run-dir", str(tmp_path), "--results-dir", str(tmp_path),
+            "--no-progress"]
+    assert main(base + ["--only", "phi=learned"]) == 0
+    assert main(base + ["--only", "phi=oracle"]) == 0
+    log = (tmp_path / "commands.log").read_text().splitlines()
+    assert len(log) == 2 and "phi=learned" in log[0] and "phi=oracle" in log[1]
+    page = (tmp_path / "tag.md").read_text()
+    assert "phi=learned" in page and "phi=oracle" in page

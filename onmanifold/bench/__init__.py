@@ -70,6 +70,24 @@ def _distributed_init() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _command_history(run_dir: str, command: str) -> str:
+    """Every command that has written cells into ``run_dir`` (``run_dir/commands.log``, in order), this one last.
+
+    A suite is often run in parts (``--only``/``--exclude``); its results page lists all of them.
+    """
+    from pathlib import Path
+
+    from ..nets.checkpoint import write_text_atomic
+
+    path = Path(run_dir) / "commands.log"
+    lines = [ln for ln in (path.read_text().splitlines() if path.is_file() else []) if ln.strip()]
+    if command in lines:
+        lines.remove(command)
+    lines.append(command)
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return "\n".join(lines)
+
+
 def run_bench_cli(args, progress: bool, command: str) -> int:
     """Entry point of ``onmanifold bench``."""
     suites = _suites()
@@ -93,6 +111,7 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         dist.destroy_process_group()
         if rank != 0:
             return 0
+    command = _command_history(run_dir, command)
     results_dir = args.results_dir or (run_dir if args.quick else "docs/results")
     json_path, md_path = summarize(suite, records, results_dir, command)
     report = getattr(suite, "report", None)
