@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["to_uint8", "save_grid", "save_scatter", "save_rows"]
+__all__ = ["to_uint8", "save_grid", "save_scatter", "save_rows", "save_figure"]
 
 
 def to_uint8(x: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -24,6 +24,21 @@ def _atomic_save(img, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     img.save(tmp, format=path.suffix.lstrip(".").upper() or "PNG")
     os.replace(tmp, path)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100, tight: bool = True) -> Path:
+    """Save a matplotlib figure as PNG atomically (a killed run never leaves half a file) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tight:
+        fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
 
 
 def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int = 8, scale: int = 4, pad: int = 1, data_range=(-1.0, 1.0)) -> Path:
@@ -66,11 +81,7 @@ def save_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str | o
             if c == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def save_scatter(sets: dict[str, torch.Tensor], path: str | os.PathLike, title: str = "") -> Path:
@@ -88,9 +99,4 @@ def save_scatter(sets: dict[str, torch.Tensor], path: str | os.PathLike, title: 
     ax.legend(loc="upper left", fontsize=8, markerscale=3)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -91,9 +91,6 @@ def plot_phase_histogram(curves: Mapping[str, Sequence[float]], bounds: dict, nu
     if title:
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    from ..images import save_figure
+
+    return save_figure(fig, path)

@@ -486,7 +486,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     import matplotlib.pyplot as plt
 
     from ..artifacts import phase_of_steps, plot_phase_histogram
-    from ..images import save_rows
+    from ..images import save_figure, save_rows
     from ..nets.checkpoint import write_text_atomic
 
     results_dir = Path(results_dir)
@@ -618,9 +618,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     ax[1].axhline(so["gt_rate"], color="k", ls="--", lw=1, label="GT rate, original")
     ax[1].set_xlabel("T_c / T (tc_frac)")
     ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(fig_dir / "asced_tc_sweep.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, fig_dir / "asced_tc_sweep.png")
     L += [f"## T_c sweep (shapes, first {summ['sweep_n']} seeds, n_d = 6)", "", "![tc sweep](figures/asced_tc_sweep.png)", "",
           f"Original on the same seeds: FD {_f(so['fd'], 4)}, precision {_f(so['precision'])}, recall {_f(so['recall'])}, GT rate {_pct(so['gt_rate'])}.", "",
           "| tc_frac | n_c | FD | precision | recall | flagged | GT rate after | repair | damage |", "|---|---|---|---|---|---|---|---|---|"]

@@ -383,6 +383,7 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from ..images import save_figure
 
         fig, ax = plt.subplots(figsize=(6, 3.2))
         for name, curve in sph["curves"].items():
@@ -392,9 +393,7 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
         ax.set_ylabel("||x_prev - mu|| / (sqrt(n) sigma)")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(fig_dir / "dsg_sphere_deviation.png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, fig_dir / "dsg_sphere_deviation.png")
         L += ["## Sphere deviation per step (digits box inpainting, DDIM-100, 64 samples)", "",
               "![sphere deviation](figures/dsg_sphere_deviation.png)", "",
               "| method | mean rho over steps |", "|---|---|", *[f"| {k} | {_f(v, 5)} |" for k, v in sph["mean_rho"].items()], ""]

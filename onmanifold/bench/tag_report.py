@@ -39,6 +39,7 @@ def _figures(records, fig_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from ..images import save_figure
 
     made = []
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -54,9 +55,7 @@ def _figures(records, fig_dir: Path) -> list[str]:
         ax[0].set(xlabel="t / T", ylabel="mean |argmax - t| / T", title="time-predictor error (held-out forward samples)")
         ax[1].set(xlabel="t / T", ylabel="accuracy within +-20 steps (gmm2d: +-5 of 100)", title="tolerant accuracy")
         ax[0].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(fig_dir / "tag_predictors.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, fig_dir / "tag_predictors.png", dpi=110)
         made.append("figures/tag_predictors.png")
     # 2. time-gap curves on corrupted digits
     sig = [s for s in (0.1, 0.2, 0.3) if _m(records, "corrupt", sigma=s, variant="none")]
@@ -71,9 +70,7 @@ def _figures(records, fig_dir: Path) -> list[str]:
             ax.invert_xaxis()
             ax.set(title=f"corrupted digits, sigma = {s}", xlabel="sampler time t", ylabel="time gap |t_hat - t|")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(fig_dir / "tag_time_gap_curves.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, fig_dir / "tag_time_gap_curves.png", dpi=110)
         made.append("figures/tag_time_gap_curves.png")
     # 3. omega sweep: FD and TG against omega0 per sigma (validation)
     vals = _by(records, "corrupt-val")
@@ -87,9 +84,7 @@ def _figures(records, fig_dir: Path) -> list[str]:
         for a, yl in zip(ax, ("validation FD (256 samples)", "time gap")):
             a.set(xscale="log", xlabel="omega0 (0 plotted at 0.1)", ylabel=yl)
             a.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(fig_dir / "tag_omega_sweep.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, fig_dir / "tag_omega_sweep.png", dpi=110)
         made.append("figures/tag_omega_sweep.png")
     return made
 
