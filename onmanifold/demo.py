@@ -54,7 +54,7 @@ def dsg_vs_dps_rows(n: int, seed: int) -> list[dict]:
 
 
 # Composition knobs: the ones the validation sweeps of `onmanifold bench compose` chose (docs/results/compose.md).
-DEMO_COMPOSE = {"zeta": 3.0, "g_r": 0.1, "omega0": 1.0}
+DEMO_COMPOSE = {"zeta": 10.0, "g_r": 0.1, "omega0": 1.0}
 
 COLUMNS = ["experiment", "method", "knobs", "W1", "FD", "PSNR", "accuracy", "time gap", "GT artifact rate", "ASCED flagged", "s/sample"]
 
