@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .operators import Operator
 
-__all__ = ["GuidanceLoss", "MeasurementLoss", "ClassifierLoss", "FeatureLoss", "DecodedLoss", "call_loss"]
+__all__ = ["GuidanceLoss", "MeasurementLoss", "ClassifierLoss", "FeatureLoss", "DecodedLoss", "SumOfLosses", "call_loss"]
 
 
 class GuidanceLoss(nn.Module):
@@ -89,6 +89,31 @@ class ClassifierLoss(GuidanceLoss):
         if int(tgt.max()) >= logits.shape[1] or int(tgt.min()) < 0:
             raise ValueError(f"target: labels must be in [0, {logits.shape[1] - 1}]")
         return F.cross_entropy(logits, tgt, reduction="none")
+
+
+class SumOfLosses(GuidanceLoss):
+    """``L_b = sum_k w_k L^k_b``: several conditions guided at once (TFG-style multi-condition guidance).
+
+    The parts must agree on whether they see the clamped ``x0_hat`` (``clamp_x0``); rows are passed on.
+    """
+
+    def __init__(self, losses: list, weights: list[float] | None = None) -> None:
+        super().__init__()
+        losses = list(losses)
+        if not losses:
+            raise ValueError("losses: expected at least one loss")
+        weights = [1.0] * len(losses) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(losses):
+            raise ValueError(f"weights: expected {len(losses)} weights, got {len(weights)}")
+        clamps = {getattr(l, "clamp_x0", True) for l in losses}
+        if len(clamps) != 1:
+            raise ValueError("losses: mixes losses on the clamped and on the unclamped x0_hat; guide them separately")
+        self.clamp_x0 = clamps.pop()
+        self.parts = losses
+        self.weights = weights
+
+    def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return sum(w * call_loss(l, x0, rows) for w, l in zip(self.weights, self.parts))
 
 
 class FeatureLoss(GuidanceLoss):

@@ -266,3 +266,18 @@ def test_dsg_and_dps_guide_a_latent_model_through_a_vae_decoder():
     assert float((rec.all_ratios() - 1).abs().max()) < 1e-4  # on the latent sphere (float32), n = 2*4*4
     assert not torch.allclose(dsg, plain) and not torch.allclose(dps, plain)
     assert torch.isfinite(dsg).all() and torch.isfinite(dps).all()
+
+
+def test_sum_of_losses_passes_rows_and_refuses_mixed_clamping():
+    from onmanifold.losses import SumOfLosses
+
+    clf = torch.nn.Linear(16, 3)
+    net = lambda x, head=None: clf(x.flatten(1))  # noqa: E731
+    a = ClassifierLoss(net, torch.tensor([0, 1, 2, 0]))
+    b = ClassifierLoss(net, torch.tensor([2, 2, 1, 1]))
+    x0 = torch.randn(2, 1, 4, 4)
+    rows = torch.tensor([1, 3])
+    s = SumOfLosses([a, b], [1.0, 0.5])
+    assert torch.allclose(s(x0, rows), a(x0, rows) + 0.5 * b(x0, rows)) and s.clamp_x0 is False
+    with pytest.raises(ValueError, match="mixes"):
+        SumOfLosses([a, lambda x0: x0.sum(1)])

@@ -380,7 +380,7 @@ def _shapes_cell(m, s, loaded, predictor, records) -> dict:
     from .. import metrics
     from ..evaluate import eval_classifier, guidance_classifier
     from ..guidance import DiffusionPosteriorSampling
-    from ..losses import ClassifierLoss
+    from ..losses import ClassifierLoss, SumOfLosses
     from ..temporal import TemporalAlignmentGuidance
 
     per_pair = s["per_pair"]
@@ -389,17 +389,14 @@ def _shapes_cell(m, s, loaded, predictor, records) -> dict:
     clf = guidance_classifier("shapes")
     l_type, l_size = ClassifierLoss(clf, ty, head=0), ClassifierLoss(clf, sz, head=1)
 
-    def both(x0, rows=None):
-        return l_type(x0, rows) + l_size(x0, rows)
-
-    both.clamp_x0 = False
+    both = SumOfLosses([l_type, l_size])
     out = {}
     if m == "shapes-val":
         zeta = s["zeta"] if s["zeta"] is not None else _shapes_zeta(records)
         w = s["omega0"]
     else:
         zeta, w = _shapes_zeta(records), _argbest(records("shapes-val", variant="uncond-pre"), "omega0", key="joint_acc", mode="max")
-        out.update({"zeta": zeta, "omega0": w})
+        out.update({"zeta": zeta, "omega0": w if s["variant"] != "none" else 0.0})
     variant = s["variant"]
     plugins = []
     if variant != "none":
