@@ -308,6 +308,9 @@ def train_time_predictor(
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
     minutes = round((time.time() - t0) / 60, 2)
     model.eval()
+    with torch.no_grad():  # the checkpoint stores float16: measure exactly the weights that are shipped
+        for p in model.parameters():
+            p.copy_(p.half().float())
     curves = predictor_accuracy(model, bed, schedule, conditions=conditions)
     meta = {
         "bed": bed,

@@ -87,6 +87,18 @@ def test_tls_ascends_log_p_t_given_x(toy):
 
 
 # ---------------------------------------------------------------- fail early
+def test_oracle_over_a_subset_of_times_is_refused_by_the_sampler(toy):
+    oracle = ExactTimePosterior(toy, times=list(range(0, 100, 2)))
+    with pytest.raises(ValueError, match="training steps"):
+        run(toy, [TemporalAlignmentGuidance(oracle, 1.0)])
+
+
+def test_float32_predictor_in_a_float64_sampler(toy):
+    phi = load_time_predictor("gmm2d-time")  # float32 weights
+    out = run(toy, [TimeGapRecorder(phi), TemporalAlignmentGuidance(phi, 1.0)])
+    assert out.dtype == torch.float64 and torch.isfinite(out).all()
+
+
 def test_class_count_must_match_the_schedule():
     with pytest.raises(ValueError, match="T = 100"):
         TimePredictor(TimeMLP(num_timesteps=50), TOY)
@@ -146,7 +158,8 @@ def test_post_equals_pre_without_its_first_correction(toy):
 
 
 def test_pre_repairs_an_injection_before_the_network_call(toy):
-    """With injected noise, the network under `pre` sees the TLS-moved state; under `post` it sees the raw injected one."""
+    """With injected noise, the network under `pre` sees a state moved toward time t (higher log p(t|x) than the
+    injected state it started from); under `post` it sees the injected state itself."""
     oracle = ExactTimePosterior(toy)
     seen = {}
 
@@ -156,14 +169,17 @@ def test_pre_repairs_an_injection_before_the_network_call(toy):
 
         def after_model(self, state):
             if state.position == 3:
-                seen[self.key] = state.x_t.clone()
+                entering = state.cache.get("x_entering", state.x_t)
+                logp = lambda z: oracle(z).log_softmax(-1)[:, state.t]  # noqa: E731
+                seen[self.key] = (logp(entering), logp(state.x_t))
 
     for placement in ("pre", "post"):
         run(toy, [NoiseInjection(0.5), TemporalAlignmentGuidance(oracle, 3.0, placement=placement), Spy(placement)], eta=0.0)
-    # same trajectory up to step 3 would make them equal; the pre state has moved toward time t
-    gap = {k: float((oracle(v).argmax(1) - 0).abs().float().mean()) for k, v in seen.items()}
-    assert not torch.equal(seen["pre"], seen["post"])
-    assert set(gap) == {"pre", "post"}
+    before, after = seen["pre"]
+    # pre moved the injected state toward the manifold of t before the call (a finite step may overshoot a few samples)
+    assert float(after.median()) > float(before.median()) and float((after >= before).double().mean()) >= 0.75
+    before, after = seen["post"]
+    assert torch.equal(before, after)  # post: the network sees the injected state unrepaired
 
 
 def test_inline_guided_shift_is_x_minus_zeta_g_for_dps(toy):

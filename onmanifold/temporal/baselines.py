@@ -22,6 +22,7 @@ import torch
 
 from ..sampler import DDIMSampler, SamplerPlugin, StepState
 from .guidance import check_predictor, select_condition
+from .predictor import input_dtype
 
 __all__ = ["EpsilonScaling", "TimeCorrectionSampler", "TimeShiftSampler", "LangevinCorrector", "image_variance"]
 
@@ -63,7 +64,7 @@ class TimeCorrectionSampler(SamplerPlugin):
 
     After the (guided) step lands at ``x~`` (nominal ``t_prev``): ``t~ = argmax phi(x~)``,
     ``x0_hat = (x~ - sqrt(1 - abar_t~) eps(x~, t~)) / sqrt(abar_t~)`` (clamped like the sampler's),
-    ``x_prev = sqrt(abar_{t_prev}) x0_hat + sqrt(1 - abar_{t_prev}) eps_hat``. One extra network call per
+    ``x_prev = sqrt(abar_{t_prev}) x0_hat + sqrt(1 - abar_{t_prev}) eps(x~, t~)``. One extra network call per
     step; skipped after the last step. ``gate``: correct only samples with ``|t~ - t_prev| > gate``
     (default 0: every sample whose predicted time differs; where ``t~ = t_prev`` the re-projection is
     the identity up to clamping).
@@ -83,7 +84,7 @@ class TimeCorrectionSampler(SamplerPlugin):
         if state.t_prev < 0:
             return
         x = state.x_prev
-        t_hat = self.predictor(x, select_condition(self.condition, state)).argmax(dim=1)
+        t_hat = self.predictor(x.to(input_dtype(self.predictor, x)), select_condition(self.condition, state)).argmax(dim=1)
         hit = (t_hat - state.t_prev).abs() > self.gate
         if not bool(hit.any()):
             return
@@ -92,9 +93,8 @@ class TimeCorrectionSampler(SamplerPlugin):
         a_hat = _per_sample(sampler.schedule.abar(t_hat, x.dtype), x)
         eps = state.model(x, t_hat, state.cond)
         x0 = (x - (1 - a_hat).sqrt() * eps) / a_hat.sqrt()
-        if sampler.clamp_x0:
-            x0 = x0.clamp(*sampler.data_range)
-            eps = (x - a_hat.sqrt() * x0) / (1 - a_hat).sqrt()
+        if sampler.clamp_x0:  # clamp the clean estimate but keep the network's eps (spec): re-deriving eps from the
+            x0 = x0.clamp(*sampler.data_range)  # clamped x0 would divide the clamping residual by sqrt(1 - abar_t~)
         a_p = state.coeffs.abar_prev
         x_new = math.sqrt(a_p) * x0 + math.sqrt(1 - a_p) * eps
         state.x_prev = torch.where(_per_sample(hit, x).bool(), x_new, x)

@@ -95,6 +95,9 @@ class ExactTimePosterior(nn.Module):
         return len(self.times)
 
     def check_schedule(self, schedule: NoiseSchedule, what: str = "sampler") -> None:
+        if self.times != list(range(schedule.T)):
+            raise ValueError(f"time predictor: classifies {len(self.times)} chosen times, not the {what}'s T = {schedule.T} training steps; "
+                             "its class indices would not be training steps")
         TimePredictor.check_schedule(self, schedule, what)
 
     def forward(self, x: torch.Tensor, cond: Any = None) -> torch.Tensor:
@@ -103,12 +106,18 @@ class ExactTimePosterior(nn.Module):
         return torch.stack(cols, dim=1)
 
 
+def input_dtype(predictor: Any, x: torch.Tensor) -> torch.dtype:
+    """The dtype to feed ``predictor``: its floating parameters' dtype, else ``x``'s (e.g. the float64 oracle)."""
+    param = next(iter(predictor.parameters()), None) if isinstance(predictor, nn.Module) else None
+    return param.dtype if param is not None and param.is_floating_point() else x.dtype
+
+
 def time_linked_score(predictor: nn.Module, x: torch.Tensor, t: torch.Tensor | int, cond: Any = None) -> torch.Tensor:
     """``TLS(x, t) = grad_x log softmax(phi(x, cond))_t``: one forward and one backward of ``phi``.
 
     ``t`` is an integer or a ``LongTensor[B]`` of training steps. The gradient is taken at a detached
-    copy of ``x`` (stop-gradient: nothing flows into ``x``'s graph); returns a tensor shaped like ``x``
-    in ``x``'s dtype. Raises ``FloatingPointError`` if the predictor's output or the gradient is not finite.
+    copy of ``x`` in the predictor's dtype (stop-gradient: nothing flows into ``x``'s graph); returns a
+    tensor shaped like ``x`` in ``x``'s dtype. Raises ``FloatingPointError`` if the predictor's output or the gradient is not finite.
     """
     b = x.shape[0]
     t = torch.as_tensor(t, dtype=torch.long)
@@ -116,7 +125,7 @@ def time_linked_score(predictor: nn.Module, x: torch.Tensor, t: torch.Tensor | i
     if t.shape != (b,):
         raise ValueError(f"t: expected an integer or a LongTensor of shape ({b},), got shape {tuple(t.shape)}")
     with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
+        xg = x.detach().to(input_dtype(predictor, x)).requires_grad_(True)
         logits = predictor(xg, cond)
         if logits.dim() != 2 or logits.shape[0] != b:
             raise ValueError(f"predictor: expected logits of shape ({b}, T), got {tuple(logits.shape)}")

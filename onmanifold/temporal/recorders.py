@@ -18,6 +18,7 @@ import torch
 
 from ..sampler import DDIMSampler, SamplerPlugin, StepState
 from .guidance import check_predictor, select_condition
+from .predictor import input_dtype
 
 __all__ = ["TimeGapRecorder"]
 
@@ -50,7 +51,7 @@ class TimeGapRecorder(SamplerPlugin):
     @torch.no_grad()
     def before_model(self, state: StepState) -> None:
         x = state.cache.get("x_entering", state.x_t)
-        logits = self.predictor(x, select_condition(self.condition, state))
+        logits = self.predictor(x.to(input_dtype(self.predictor, x)), select_condition(self.condition, state))
         gap = (logits.argmax(dim=1) - state.t).abs().double()
         self._sum[state.t] = self._sum.get(state.t, 0.0) + float(gap.sum())
         self._sumsq[state.t] = self._sumsq.get(state.t, 0.0) + float((gap**2).sum())
