@@ -7,7 +7,8 @@ recorders, corruptions) is a :class:`SamplerPlugin` called at named points of on
 point               what a plugin may do
 ==================  ==============================================================================
 ``before_model``    move ``state.x_t`` (TAG pre-step, ASCED correction, injected corruption/drift);
-                    change ``state.t`` (time-shift), after which the coefficients are recomputed
+                    change ``state.t`` (the coefficients are recomputed), or call the network at
+                    per-sample times with :meth:`StepState.set_time_per_sample` (Time-Shift Sampler)
 ``after_model``     change ``state.eps`` through :meth:`StepState.set_eps` (Epsilon Scaling, CFG)
 ``update``          replace ``state.x_prev`` (DPS, DSG; they share :meth:`StepState.loss_gradient`)
 ``after_step``      move or observe ``state.x_prev`` (TAG post-step, TCS, detectors, recorders)
