@@ -111,10 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "OUT/summary.md, OUT/summary.json and the self-contained OUT/report.html.")
     dp.add_argument("--out", default="demo_out", help="output folder for the table, grids and report")
     dp.add_argument("--seed", type=int, default=0, help="base seed")
-    dp.add_argument("--dsg-samples", type=int, default=128, help="held-out digits for DSG vs DPS")
-    dp.add_argument("--tag-samples", type=int, default=128, help="digits samples for the corrupted-process rows")
-    dp.add_argument("--asced-samples", type=int, default=64, help="shapes samples for the ASCED rows")
-    dp.add_argument("--compose-samples", type=int, default=32, help="shapes for the composition rows")
+    dp.add_argument("--dsg-samples", type=int, default=256, help="held-out digits for DSG vs DPS")
+    dp.add_argument("--tag-samples", type=int, default=256, help="digits samples for the corrupted-process rows")
+    dp.add_argument("--asced-samples", type=int, default=256, help="shapes samples for the ASCED rows")
+    dp.add_argument("--compose-samples", type=int, default=64, help="shapes for the composition rows")
     dp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
