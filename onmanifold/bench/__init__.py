@@ -102,6 +102,8 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
     suite = suites[args.suite](args.quick, run_dir)
     cell_filter = cell_selector(args.only, args.exclude)
     rank, world = _distributed_init()
+    if world > 1:  # record how the run was launched
+        command = f"torchrun --nproc-per-node {world} -m " + command
     records = run_suite(suite, run_dir, progress=progress and rank == 0, shard_filter=cell_filter, rank=rank, world_size=world)
     if world > 1:
         import torch.distributed as dist
