@@ -66,7 +66,10 @@ def _distributed_init() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        import datetime
+
+        # the closing barrier waits for the slowest process's last cell, which can take hours (DDPM-1000 cells)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=48))
     return dist.get_rank(), dist.get_world_size()
 
 
