@@ -13,9 +13,7 @@ from pathlib import Path
 
 from .nets.checkpoint import write_json_atomic, write_text_atomic
 
-__all__ = ["run_demo", "DEMO_MODELS"]
-
-DEMO_MODELS = ("gmm2d-mlp", "digits-unet", "shapes-unet")
+__all__ = ["run_demo", "markdown_table"]
 
 
 def _fmt(v) -> str:
@@ -81,7 +79,6 @@ def _rows_asced(n: int, seed: int) -> list[dict]:
     from .bench.asced import asced_demo_rows
 
     rows = []
-    base = None
     for r in asced_demo_rows(n, seed):
         rows.append({"experiment": "ASCED: shapes, DDIM-25", "method": r["method"], "knobs": "defaults for 32x32",
                      "GT artifact rate": r["GT artifact rate"], "ASCED flagged": r["flagged"], "s/sample": r.get("s/sample", "-"),
