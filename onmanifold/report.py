@@ -94,13 +94,14 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
         raise ValueError(f"RUN_DIR: {str(run_dir)!r} holds no markdown summary, figure or finished benchmark cell")
 
     md_parts = [f"# {title}", "", f"Written {_dt.datetime.now().astimezone().isoformat(timespec='seconds')} from `{run_dir}`.", ""]
-    for d in docs:
-        md_parts += [d.read_text(encoding="utf-8").strip(), ""]
+    texts = [d.read_text(encoding="utf-8").strip() for d in docs]
+    for text in texts:
+        md_parts += [text, ""]
     if cells:
         md_parts += [cells, ""]
     linked = set()
-    for d in docs:
-        for m in re.finditer(r"!\[[^\]]*\]\(([^)]+\.png)\)", d.read_text(encoding="utf-8")):
+    for text in texts:
+        for m in re.finditer(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
             linked.add((run_dir / m.group(1)).resolve())
     rest = [f for f in figures if f.resolve() not in linked]
     if rest:

@@ -167,6 +167,11 @@ class StepState:
                 self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs, self.abar_t_batch
             )
 
+    def tweedie_x0(self, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The unclamped Tweedie estimate ``(x_t - sqrt(1 - a) eps) / sqrt(a)`` at this step's ``abar`` (per sample after a time shift)."""
+        a = self.coeffs.abar_t if self.abar_t_batch is None else self.abar_t_batch
+        return (x_t - _sqrt(1 - a) * eps) / _sqrt(a)
+
     def loss_gradient(self, loss_fn: Callable, key: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g, L)``: ``g = grad_{x_t} sum_b L_b(x0_hat(x_t))`` through the network, and the per-sample losses ``L``.
 
@@ -192,8 +197,7 @@ class StepState:
         with torch.enable_grad():
             x0 = self.x0_hat
             if getattr(loss_fn, "clamp_x0", True) is False:  # e.g. classifier losses see the unclamped Tweedie estimate
-                a = self.coeffs.abar_t if self.abar_t_batch is None else self.abar_t_batch
-                x0 = (self.x_t_graph - _sqrt(1 - a) * self.eps) / _sqrt(a)
+                x0 = self.tweedie_x0(self.x_t_graph, self.eps)
             losses = call_loss(loss_fn, x0, self.rows)
             if losses.dim() != 1 or losses.shape[0] != self.batch_size:
                 raise ValueError(f"loss_fn: expected per-sample losses of shape ({self.batch_size},), got {tuple(losses.shape)}")

@@ -28,6 +28,9 @@ from pathlib import Path
 import torch
 
 from .runner import Cell, Suite, finished_records
+from .runner import first_metrics as _one
+from .runner import format_value as _f
+from .runner import select_records as _by
 
 __all__ = ["dsg_suite", "TABLE3", "ZETA_GRID", "make_task", "guided_run"]
 
@@ -308,19 +311,6 @@ def _step_time(loaded, loss, s: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ report
-def _by(records: list[dict], method: str, **match) -> list[dict]:
-    return [r for r in records if r["cell"]["method"] == method and all(r["cell"]["setting"].get(k) == v for k, v in match.items())]
-
-
-def _one(records, method, **match):
-    rs = _by(records, method, **match)
-    return rs[0]["metrics"] if rs else None
-
-
-def _f(v, nd=3):
-    return "-" if v is None else (f"{v:.{nd}g}" if isinstance(v, float) else str(v))
-
-
 def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) -> Path:
     """``docs/results/dsg.md``: the curated tables, figures and the plain statement of the paper's claims."""
     import datetime as dt

@@ -223,6 +223,10 @@ def _compute(suite: Suite, cell: Cell) -> dict:
     return _loads_strict(json.dumps(record, allow_nan=False))
 
 
+def _matches(method: str, setting: dict, cell_method: str, match: dict) -> bool:
+    return method == cell_method and all(setting.get(k) == v for k, v in match.items())
+
+
 class CellNotReady(RuntimeError):
     """A cell needs the result of another cell that has not finished yet (the runner retries it later)."""
 
@@ -235,12 +239,28 @@ def finished_records(cells: Sequence[Cell], run_dir: str | os.PathLike, cell_met
     """
     out = []
     for c in cells:
-        if c.method == cell_method and all(c.setting.get(k) == v for k, v in match.items()):
+        if _matches(c.method, c.setting, cell_method, match):
             rec = _load_record(Path(run_dir) / "cells" / f"{c.key}.json", c)
             if rec is None:
                 raise CellNotReady(f"cell {c.key} must run before the cells that use its result")
             out.append(rec)
     return out
+
+
+def select_records(records: Sequence[dict], cell_method: str, /, **match: Any) -> list[dict]:
+    """The records of ``cell_method`` whose settings match ``match`` (results-page helper)."""
+    return [r for r in records if _matches(r["cell"]["method"], r["cell"]["setting"], cell_method, match)]
+
+
+def first_metrics(records: Sequence[dict], cell_method: str, /, **match: Any) -> dict | None:
+    """The metrics of the first record :func:`select_records` finds, or None."""
+    rs = select_records(records, cell_method, **match)
+    return rs[0]["metrics"] if rs else None
+
+
+def format_value(v: Any, nd: int = 3) -> str:
+    """A table entry: ``-`` for None, floats to ``nd`` significant digits, anything else as text."""
+    return "-" if v is None else (f"{v:.{nd}g}" if isinstance(v, float) else str(v))
 
 
 def run_suite(
@@ -285,7 +305,7 @@ def run_suite(
             for cell in todo:
                 bar.set_description(f"{suite.name}: {cell.method}")
                 path = cells_dir / f"{cell.key}.json"
-                if _load_record(path, cell) is not None:  # another process may have written it meanwhile
+                if world_size > 1 and _load_record(path, cell) is not None:  # another process wrote it meanwhile
                     bar.update(1)
                     continue
                 try:

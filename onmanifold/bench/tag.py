@@ -371,7 +371,7 @@ def _shape_targets(per_pair):
 
 
 def _shape_reference(per_pair):
-    from ..data.shapes import render_shapes, sample_shapes
+    from ..data.shapes import sample_shapes
 
     x, p = sample_shapes(6000, torch.Generator().manual_seed(4242))
     refs = []

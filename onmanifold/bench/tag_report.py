@@ -7,25 +7,11 @@ import statistics
 from pathlib import Path
 
 from ..nets.checkpoint import write_text_atomic
+from .runner import first_metrics as _m
+from .runner import format_value as _f
+from .runner import select_records as _by
 
 __all__ = ["write_tag_report"]
-
-
-def _by(records, cell_method, /, **match):
-    return [r for r in records if r["cell"]["method"] == cell_method and all(r["cell"]["setting"].get(k) == v for k, v in match.items())]
-
-
-def _m(records, cell_method, /, **match):
-    rs = _by(records, cell_method, **match)
-    return rs[0]["metrics"] if rs else None
-
-
-def _f(v, nd=3):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{nd}g}"
-    return str(v)
 
 
 def _table(header, rows):

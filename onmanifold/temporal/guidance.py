@@ -203,14 +203,13 @@ class TemporalAlignmentGuidance(SamplerPlugin):
         from ..losses import call_loss
 
         self.extra_model_calls += 1
-        c = state.coeffs
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             eps = state.model(xg, state.model_t(), state.cond)
-            if getattr(loss, "clamp_x0", True) is False:
-                x0 = (xg - math.sqrt(1 - c.abar_t) * eps) / math.sqrt(c.abar_t)
+            if getattr(loss, "clamp_x0", True) is False:  # the same x0_hat the step's own loss gradient uses
+                x0 = state.tweedie_x0(xg, eps)
             else:
-                x0 = state.sampler.mean_from_eps(xg, eps, c)[0]
+                x0 = state.sampler.mean_from_eps(xg, eps, state.coeffs, state.abar_t_batch)[0]
             losses = call_loss(loss, x0, state.rows)
             (g,) = torch.autograd.grad(losses.sum(), xg)
         if not torch.isfinite(g).all():
