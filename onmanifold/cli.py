@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run only the cells whose method or setting KEY has one of the values (repeatable; other cells are loaded if finished)")
     bp.add_argument("--exclude", action="append", default=[], metavar="KEY=V1,V2", help="skip the cells matching KEY=V1,V2 (repeatable)")
     bp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    bp.add_argument("--import-results", default=None, metavar="SUITE.json",
+                    help="first seed RUN_DIR/cells with the finished records of a committed summary (e.g. docs/results/dsg.json), "
+                         "so a fresh checkout adds cells without recomputing the finished ones")
 
     # ---------------------------------------------------------------- report
     rp = sub.add_parser("report", help="one self-contained HTML page + a markdown summary for a run directory", formatter_class=fmt,

@@ -200,6 +200,43 @@ def test_summarize_writes_json_and_markdown(tmp_path):
     assert datetime.date.today().isoformat() in md
 
 
+def test_import_records_resumes_a_fresh_run_dir_from_the_summary(tmp_path):
+    from onmanifold.bench.runner import import_records
+
+    calls: list = []
+    suite = _trivial_suite(calls)
+    records = run_suite(suite, tmp_path / "old", progress=False)
+    jp, _ = summarize(suite, records[:3], tmp_path / "results", "bench trivial --only a\nbench trivial")
+    # a fresh checkout: an empty run dir, plus one cell already finished there
+    run_suite(suite, tmp_path / "new", progress=False, shard_filter=lambda c: c == suite.cells[0])
+    calls.clear()
+    written, kept, command = import_records(suite, tmp_path / "new", jp)
+    assert (written, kept) == (2, 1) and command == "bench trivial --only a\nbench trivial"
+    again = run_suite(suite, tmp_path / "new", progress=False)
+    assert calls == suite.cells[3:]  # only the cells absent from the summary are computed
+    assert again[1:3] == records[1:3]  # imported records verbatim; cell 0 kept its own record
+    # a summary of another suite, or of a cell this suite lacks, is refused by name
+    with pytest.raises(ValueError, match="results_json: .* suite 'trivial', expected 'other'"):
+        import_records(_trivial_suite([], name="other"), tmp_path / "x", jp)
+    with pytest.raises(ValueError, match="results_json: record 2 .* does not have"):
+        import_records(_trivial_suite([], n=2), tmp_path / "y", jp)
+    (tmp_path / "bad.json").write_text('{"suite": "trivial", "records": [{"cell": 1}]}')
+    with pytest.raises(ValueError, match="results_json: record 0 .* not a finished cell record"):
+        import_records(suite, tmp_path / "z", tmp_path / "bad.json")
+    (tmp_path / "nan.json").write_text('{"suite": "trivial", "records": [], "x": NaN}')
+    with pytest.raises(ValueError, match="results_json: cannot read"):
+        import_records(suite, tmp_path / "z", tmp_path / "nan.json")
+
+
+def test_command_history_keeps_imported_commands_first(tmp_path):
+    from onmanifold.bench import _command_history
+
+    _command_history(str(tmp_path), "bench s --only a=1")
+    out = _command_history(str(tmp_path), "", "bench s --old\nbench s --only a=1")
+    assert out == "bench s --old\nbench s --only a=1"
+    assert _command_history(str(tmp_path), "bench s") == "bench s --old\nbench s --only a=1\nbench s"
+
+
 # ------------------------------------------------------------------------------------------ SIGKILL
 
 _N_KILL = 8

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .runner import Cell, Suite, run_suite, summarize
+from .runner import Cell, Suite, import_records, run_suite, summarize
 
 __all__ = ["Cell", "Suite", "run_suite", "summarize", "SUITES", "run_bench_cli"]
 
@@ -73,10 +73,11 @@ def _distributed_init() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _command_history(run_dir: str, command: str) -> str:
+def _command_history(run_dir: str, command: str, earlier: str = "") -> str:
     """Every command that has written cells into ``run_dir`` (``run_dir/commands.log``, in order), this one last.
 
     A suite is often run in parts (``--only``/``--exclude``); its results page lists all of them.
+    ``earlier`` (one command per line, from an imported summary) goes before the logged ones.
     """
     from pathlib import Path
 
@@ -84,9 +85,11 @@ def _command_history(run_dir: str, command: str) -> str:
 
     path = Path(run_dir) / "commands.log"
     lines = [ln for ln in (path.read_text().splitlines() if path.is_file() else []) if ln.strip()]
-    if command in lines:
-        lines.remove(command)
-    lines.append(command)
+    lines = [ln for ln in earlier.splitlines() if ln.strip() and ln not in lines] + lines
+    if command:
+        if command in lines:
+            lines.remove(command)
+        lines.append(command)
     write_text_atomic(path, "\n".join(lines) + "\n")
     return "\n".join(lines)
 
@@ -105,6 +108,15 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
     suite = suites[args.suite](args.quick, run_dir)
     cell_filter = cell_selector(args.only, args.exclude)
     rank, world = _distributed_init()
+    imported_commands = ""
+    if args.import_results and rank == 0:
+        written, kept, imported_commands = import_records(suite, run_dir, args.import_results)
+        print(f"imported {written} finished cells from {args.import_results} into {run_dir}/cells ({kept} already there)")
+        _command_history(run_dir, "", imported_commands)  # the history is in the run dir before any cell runs
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # the imported cells are in place before any process picks its cells
     if world > 1:  # record how the run was launched
         command = f"torchrun --nproc-per-node {world} -m " + command
     records = run_suite(suite, run_dir, progress=progress and rank == 0, shard_filter=cell_filter, rank=rank, world_size=world)

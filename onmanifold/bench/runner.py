@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from onmanifold.nets.checkpoint import write_json_atomic, write_text_atomic as _write_text_atomic
 
-__all__ = ["Cell", "Suite", "run_suite", "summarize"]
+__all__ = ["Cell", "Suite", "run_suite", "summarize", "import_records"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.=+-]+")
 _SUITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -338,6 +338,53 @@ def run_suite(
         if rec is not None:
             records.append(rec)
     return records
+
+
+def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str | os.PathLike) -> tuple[int, int, str]:
+    """Seed ``<run_dir>/cells`` from a committed summary ``<results_dir>/<suite>.json``; return ``(written, kept, command)``.
+
+    A run directory is scratch space (``runs/`` is not committed), but the summary JSON holds every
+    finished record verbatim. Importing it lets a later session add cells to a suite without
+    recomputing the finished ones: each record whose cell belongs to ``suite`` and has no valid cell
+    file yet is written as that cell's file (``written``); cells that already have one keep it
+    (``kept``). ``command`` is the summary's command history, for the caller to carry over. Sample
+    artifacts (``.pt`` files) are not in the summary; reports must cope with their absence.
+
+    Raises :class:`ValueError` naming ``results_json`` if it is not this suite's summary, or if a
+    record describes a cell the suite does not have (a summary of another version of the suite).
+    """
+    path = Path(results_json)
+    try:
+        payload = _loads_strict(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"results_json: cannot read {path} as strict JSON ({e})") from e
+    if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
+        raise ValueError(f"results_json: {path} is not a suite summary (expected an object with a 'records' list)")
+    if payload.get("suite") != suite.name:
+        raise ValueError(f"results_json: {path} is the summary of suite {payload.get('suite')!r}, expected {suite.name!r}")
+    by_key = {c.key: c for c in suite.cells}
+    cells_dir = Path(run_dir) / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    written = kept = 0
+    for i, rec in enumerate(payload["records"]):
+        try:
+            d = rec["cell"]
+            cell = Cell(d["method"], d["setting"], d["shard"], tuple(d["seeds"]))
+            ok = isinstance(rec["metrics"], dict) and "seconds" in rec and "finished_at" in rec
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"results_json: record {i} of {path} is not a finished cell record")
+        if cell.key not in by_key:
+            raise ValueError(f"results_json: record {i} of {path} is cell {cell.key}, which suite {suite.name!r} does not have")
+        target = cells_dir / f"{cell.key}.json"
+        if _load_record(target, cell) is not None:
+            kept += 1
+            continue
+        write_json_atomic(target, _canonical(rec, f"record {i} of {path}"))
+        written += 1
+    command = payload.get("command")
+    return written, kept, command if isinstance(command, str) else ""
 
 
 # --------------------------------------------------------------------------------------------- summary
