@@ -44,6 +44,9 @@ def test_dsg_suite_uses_table3_and_sweeps_before_use():
             assert c.setting["n"] >= 256  # at least 256 held-out images per headline cell, DDPM-1000 included
     assert methods.index("label-dps") > max(i for i, m in enumerate(methods) if m == "label-dps-val")
     assert TABLE3["inpainting"][100] == (1, 0.2) and TABLE3["sr"][1000] == (20, 0.2)
+    # claim (b)'s time fraction has its own same-process cell for every (bed, task) with a DPS-1000 cell
+    timed = {(c.setting["bed"], c.setting["task"]) for c in s.cells if c.method == "time-vs-1000"}
+    assert timed == {(c.setting["bed"], c.setting["task"]) for c in s.cells if c.method == "dps" and c.setting["steps"] == 1000}
 
 
 def test_models_suite_covers_every_bundled_model():

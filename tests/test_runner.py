@@ -210,16 +210,18 @@ def test_import_records_resumes_a_fresh_run_dir_from_the_summary(tmp_path):
     # a fresh checkout: an empty run dir, plus one cell already finished there
     run_suite(suite, tmp_path / "new", progress=False, shard_filter=lambda c: c == suite.cells[0])
     calls.clear()
-    written, kept, command = import_records(suite, tmp_path / "new", jp)
-    assert (written, kept) == (2, 1) and command == "bench trivial --only a\nbench trivial"
+    written, kept, dropped, command = import_records(suite, tmp_path / "new", jp)
+    assert (written, kept, dropped) == (2, 1, []) and command == "bench trivial --only a\nbench trivial"
     again = run_suite(suite, tmp_path / "new", progress=False)
     assert calls == suite.cells[3:]  # only the cells absent from the summary are computed
     assert again[1:3] == records[1:3]  # imported records verbatim; cell 0 kept its own record
-    # a summary of another suite, or of a cell this suite lacks, is refused by name
+    # records of cells a changed suite no longer has are not imported, and named
+    smaller = _trivial_suite([], n=2)
+    assert import_records(smaller, tmp_path / "y", jp)[:3] == (2, 0, [suite.cells[2].key])
+    assert len(_cell_files(tmp_path / "y")) == 2
+    # a summary of another suite is refused by name
     with pytest.raises(ValueError, match="results_json: .* suite 'trivial', expected 'other'"):
         import_records(_trivial_suite([], name="other"), tmp_path / "x", jp)
-    with pytest.raises(ValueError, match="results_json: record 2 .* does not have"):
-        import_records(_trivial_suite([], n=2), tmp_path / "y", jp)
     (tmp_path / "bad.json").write_text('{"suite": "trivial", "records": [{"cell": 1}]}')
     with pytest.raises(ValueError, match="results_json: record 0 .* not a finished cell record"):
         import_records(suite, tmp_path / "z", tmp_path / "bad.json")

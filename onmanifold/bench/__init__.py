@@ -110,8 +110,11 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
     rank, world = _distributed_init()
     imported_commands = ""
     if args.import_results and rank == 0:
-        written, kept, imported_commands = import_records(suite, run_dir, args.import_results)
+        written, kept, dropped, imported_commands = import_records(suite, run_dir, args.import_results)
         print(f"imported {written} finished cells from {args.import_results} into {run_dir}/cells ({kept} already there)")
+        if dropped:
+            print(f"not imported: {len(dropped)} records of cells this version of the suite does not have (they are recomputed "
+                  f"if still wanted): " + ", ".join(dropped))
         _command_history(run_dir, "", imported_commands)  # the history is in the run dir before any cell runs
     if world > 1:
         import torch.distributed as dist

@@ -340,18 +340,21 @@ def run_suite(
     return records
 
 
-def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str | os.PathLike) -> tuple[int, int, str]:
-    """Seed ``<run_dir>/cells`` from a committed summary ``<results_dir>/<suite>.json``; return ``(written, kept, command)``.
+def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str | os.PathLike) -> tuple[int, int, list[str], str]:
+    """Seed ``<run_dir>/cells`` from a committed summary ``<results_dir>/<suite>.json``.
 
-    A run directory is scratch space (``runs/`` is not committed), but the summary JSON holds every
-    finished record verbatim. Importing it lets a later session add cells to a suite without
-    recomputing the finished ones: each record whose cell belongs to ``suite`` and has no valid cell
-    file yet is written as that cell's file (``written``); cells that already have one keep it
-    (``kept``). ``command`` is the summary's command history, for the caller to carry over. Sample
-    artifacts (``.pt`` files) are not in the summary; reports must cope with their absence.
+    Returns ``(written, kept, dropped, command)``. A run directory is scratch space (``runs/`` is not
+    committed), but the summary JSON holds every finished record verbatim. Importing it lets a later
+    session add cells to a suite without recomputing the finished ones: each record whose cell
+    belongs to ``suite`` and has no valid cell file yet is written as that cell's file (``written``);
+    cells that already have one keep it (``kept``). Records of cells the suite no longer has (its
+    definition changed since, e.g. a widened sweep) are not imported: their keys are ``dropped``, and
+    those cells, if still wanted under their new identity, are recomputed. ``command`` is the
+    summary's command history, for the caller to carry over. Sample artifacts (``.pt`` files) are
+    not in the summary; reports must cope with their absence.
 
-    Raises :class:`ValueError` naming ``results_json`` if it is not this suite's summary, or if a
-    record describes a cell the suite does not have (a summary of another version of the suite).
+    Raises :class:`ValueError` naming ``results_json`` if it is not this suite's summary or a record
+    is not a finished cell record.
     """
     path = Path(results_json)
     try:
@@ -366,6 +369,7 @@ def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str |
     cells_dir = Path(run_dir) / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     written = kept = 0
+    dropped: list[str] = []
     for i, rec in enumerate(payload["records"]):
         try:
             d = rec["cell"]
@@ -376,7 +380,8 @@ def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str |
         if not ok:
             raise ValueError(f"results_json: record {i} of {path} is not a finished cell record")
         if cell.key not in by_key:
-            raise ValueError(f"results_json: record {i} of {path} is cell {cell.key}, which suite {suite.name!r} does not have")
+            dropped.append(cell.key)
+            continue
         target = cells_dir / f"{cell.key}.json"
         if _load_record(target, cell) is not None:
             kept += 1
@@ -384,7 +389,7 @@ def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str |
         write_json_atomic(target, _canonical(rec, f"record {i} of {path}"))
         written += 1
     command = payload.get("command")
-    return written, kept, command if isinstance(command, str) else ""
+    return written, kept, dropped, command if isinstance(command, str) else ""
 
 
 # --------------------------------------------------------------------------------------------- summary
