@@ -81,3 +81,22 @@ def test_results_page_lists_every_command_that_wrote_the_run(tmp_path):
     assert len(log) == 2 and "phi=learned" in log[0] and "phi=oracle" in log[1]
     page = (tmp_path / "tag.md").read_text()
     assert "phi=learned" in page and "phi=oracle" in page
+
+
+def test_import_results_carries_finished_cells_and_commands_into_a_fresh_run_dir(tmp_path, capsys):
+    first = ["bench", "tag", "--quick", "--only", "method=toy-val", "--only", "eps=mlp", "--only", "phi=learned", "--only", "omega0=0.3", "--run-dir",
+             str(tmp_path / "old"), "--results-dir", str(tmp_path / "res"), "--no-progress"]
+    assert main(first) == 0
+    old_cells = sorted(p.name for p in (tmp_path / "old" / "cells").glob("*.json"))
+    assert old_cells
+    capsys.readouterr()
+    # a fresh checkout: empty run dir; nothing is selected to run, so every record must come from the summary
+    again = ["bench", "tag", "--quick", "--only", "method=none", "--run-dir", str(tmp_path / "new"), "--results-dir", str(tmp_path / "res2"),
+             "--import-results", str(tmp_path / "res" / "tag.json"), "--no-progress"]
+    assert main(again) == 0
+    assert f"imported {len(old_cells)} finished cells" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "new" / "cells").glob("*.json")) == old_cells
+    log = (tmp_path / "new" / "commands.log").read_text().splitlines()
+    assert len(log) == 2 and "phi=learned" in log[0] and "--import-results" in log[1]
+    assert main(["bench", "dsg", "--quick", "--run-dir", str(tmp_path / "x"), "--import-results", str(tmp_path / "res" / "tag.json")]) == 2
+    assert "results_json: " in capsys.readouterr().err and not (tmp_path / "x" / "cells").exists()
