@@ -108,7 +108,6 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
     suite = suites[args.suite](args.quick, run_dir)
     cell_filter = cell_selector(args.only, args.exclude)
     rank, world = _distributed_init()
-    imported_commands = ""
     if args.import_results and rank == 0:
         written, kept, dropped, imported_commands = import_records(suite, run_dir, args.import_results)
         print(f"imported {written} finished cells from {args.import_results} into {run_dir}/cells ({kept} already there)")
@@ -120,8 +119,7 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         import torch.distributed as dist
 
         dist.barrier()  # the imported cells are in place before any process picks its cells
-    if world > 1:  # record how the run was launched
-        command = f"torchrun --nproc-per-node {world} -m " + command
+        command = f"torchrun --nproc-per-node {world} -m " + command  # record how the run was launched
     records = run_suite(suite, run_dir, progress=progress and rank == 0, shard_filter=cell_filter, rank=rank, world_size=world)
     if world > 1:
         import torch.distributed as dist

@@ -335,7 +335,7 @@ def _time_vs_1000(loaded, loss, s: dict) -> dict:
     timed("dsg", 20, **dict(zip(("k", "g_r"), table3(s["task"], 20))))  # warm-up
     ratios: dict[int, list[float]] = {100: [], 50: []}
     for _ in range(s["repeats"]):
-        t1000 = timed("dps", 1000, zeta=1.0)
+        t1000 = timed("dps", 1000, zeta=1.0)  # zeta does not change the cost of a step
         for steps in ratios:
             k, g_r = table3(s["task"], steps)
             ratios[steps].append(timed("dsg", steps, k=k, g_r=g_r) / t1000)

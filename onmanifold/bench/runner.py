@@ -365,11 +365,7 @@ def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str |
         raise ValueError(f"results_json: {path} is not a suite summary (expected an object with a 'records' list)")
     if payload.get("suite") != suite.name:
         raise ValueError(f"results_json: {path} is the summary of suite {payload.get('suite')!r}, expected {suite.name!r}")
-    by_key = {c.key: c for c in suite.cells}
-    cells_dir = Path(run_dir) / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
-    written = kept = 0
-    dropped: list[str] = []
+    parsed = []  # every record is checked before any file is written
     for i, rec in enumerate(payload["records"]):
         try:
             d = rec["cell"]
@@ -379,6 +375,13 @@ def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str |
             ok = False
         if not ok:
             raise ValueError(f"results_json: record {i} of {path} is not a finished cell record")
+        parsed.append((i, rec, cell))
+    by_key = {c.key: c for c in suite.cells}
+    cells_dir = Path(run_dir) / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
+    written = kept = 0
+    dropped: list[str] = []
+    for i, rec, cell in parsed:
         if cell.key not in by_key:
             dropped.append(cell.key)
             continue
