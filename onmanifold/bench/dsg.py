@@ -7,8 +7,8 @@ Protocol (DSG spec section 5, small-scale protocol):
   blur (sigma 1.5 px, 9x9). ``sigma_y = 0.05``. Measurements are generated once per (seed, sample)
   and shared by every method.
 * samplers: DDPM-1000 (DDIM eta = 1 on the full grid) and DDIM eta = 1 with 100 / 50 / 20 steps.
-  Shapes DDPM-1000 cells are part of the suite but costly (DPS about 11 s per 32x32 sample on one core,
-  about 3 CPU-hours for both tasks with the zeta sweep): the page shows them once they have run.
+  The DDPM-1000 cells are costly (shapes DPS about 8-10 s per 32x32 sample on one core, about 3.5
+  CPU-hours for both shapes tasks with the zeta sweep); they were run with ``torchrun`` on 2 processes.
 * DSG: ``(k, g_r)`` from the paper's Table 3 (the inpainting row for both masks).
 * DPS: ``zeta`` chosen per (bed, task, steps) from the log grid ``ZETA_GRID`` by the lowest Fréchet
   distance on the validation split (digits: the 200 validation images; shapes: 64 shapes of seed 555);
