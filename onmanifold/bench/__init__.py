@@ -7,7 +7,9 @@ the single-process run's.
 
 Every suite runs through the resumable :mod:`onmanifold.bench.runner`: finished cells are written
 as JSON under ``runs/<suite>/cells`` and skipped on a rerun; the summary goes to
-``docs/results/<suite>.json`` and ``.md`` with the exact command and the date.
+``docs/results/<suite>.json`` and ``.md`` with the exact command and the date. ``runs/`` is not
+committed: in a fresh checkout, ``--import-results docs/results/<suite>.json`` seeds the run directory
+with the summary's finished records (and its command history), so only new cells are computed.
 """
 
 from __future__ import annotations
