@@ -124,8 +124,6 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         command = f"torchrun --nproc-per-node {world} -m " + command  # record how the run was launched
     records = run_suite(suite, run_dir, progress=progress and rank == 0, shard_filter=cell_filter, rank=rank, world_size=world)
     if world > 1:
-        import torch.distributed as dist
-
         dist.barrier()  # every process has written its cells
         records = run_suite(suite, run_dir, progress=False, shard_filter=lambda c: False)
         dist.destroy_process_group()

@@ -392,21 +392,20 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
     # figure grid: digits box inpainting, 100 steps
     dps_r, dsg_r = _by(records, "dps", bed="digits", task="box", steps=100), _by(records, "dsg", bed="digits", task="box", steps=100)
     paths = [_artifact(run_dir, Cell(**{k: r[0]["cell"][k] for k in ("method", "setting", "shard")})) for r in (dps_r, dsg_r) if r]
-    if len(paths) == 2 and not all(p.is_file() for p in paths):
-        # records imported from a summary (--import-results) carry no samples: keep the figure those cells drew
-        missing = ", ".join(p.name for p in paths if not p.is_file())
-        print(f"dsg report: sample artifacts missing in {run_dir} ({missing}); the box-inpainting figure is "
-              + ("kept from the run that drew it" if (fig_dir / "dsg_box_digits.png").is_file() else "omitted"))
-        if (fig_dir / "dsg_box_digits.png").is_file():
+    figure = fig_dir / "dsg_box_digits.png"
+    if len(paths) == 2:
+        if all(p.is_file() for p in paths):
+            a, b = (torch.load(p) for p in paths)
+            n = dps_r[0]["cell"]["setting"]["n"]
+            truth = clean_images("digits", "heldout", n)[0]
+            y = make_measurements(make_task("digits", "box", n, 0), truth, 0.05, seed=0)
+            save_rows([y[:10], a["x"][:10], b["x"][:10], truth[:10]], ["measurement", "DPS", "DSG", "truth"], figure)
+        else:  # records imported from a summary (--import-results) carry no samples: keep the figure those cells drew
+            missing = ", ".join(p.name for p in paths if not p.is_file())
+            print(f"dsg report: sample artifacts missing in {run_dir} ({missing}); the box-inpainting figure is "
+                  + ("kept from the run that drew it" if figure.is_file() else "omitted"))
+        if figure.is_file():
             L += ["## Figure: digits box inpainting, DDIM-100 (eta = 1)", "", "![grid](figures/dsg_box_digits.png)", ""]
-    elif len(paths) == 2:
-        a, b = (torch.load(p) for p in paths)
-        n = dps_r[0]["cell"]["setting"]["n"]
-        truth = clean_images("digits", "heldout", n)[0]
-        op = make_task("digits", "box", n, 0)
-        y = make_measurements(op, truth, 0.05, seed=0)
-        save_rows([y[:10], a["x"][:10], b["x"][:10], truth[:10]], ["measurement", "DPS", "DSG", "truth"], fig_dir / "dsg_box_digits.png")
-        L += ["## Figure: digits box inpainting, DDIM-100 (eta = 1)", "", "![grid](figures/dsg_box_digits.png)", ""]
     # sphere deviation
     sph = _one(records, "sphere-deviation")
     if sph:

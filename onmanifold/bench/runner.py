@@ -167,6 +167,17 @@ class Suite:
 # --------------------------------------------------------------------------------------------- running
 
 
+def _is_finished_record(rec: Any) -> bool:
+    """Whether ``rec`` has the shape :func:`_compute` writes: ``{"cell", "metrics", "seconds", "finished_at"}``."""
+    return (
+        isinstance(rec, dict)
+        and isinstance(rec.get("cell"), dict)
+        and isinstance(rec.get("metrics"), dict)
+        and "seconds" in rec
+        and "finished_at" in rec
+    )
+
+
 def _load_record(path: Path, cell: Cell) -> dict | None:
     """The finished record of ``cell`` at ``path``, or None (absent, corrupt or another cell's; warns)."""
     if not path.is_file():
@@ -176,13 +187,7 @@ def _load_record(path: Path, cell: Cell) -> dict | None:
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, NaN constants
         warnings.warn(f"cell file {path} is corrupt ({e}); recomputing cell {cell.key}", RuntimeWarning, stacklevel=3)
         return None
-    if not (
-        isinstance(rec, dict)
-        and isinstance(rec.get("cell"), dict)
-        and isinstance(rec.get("metrics"), dict)
-        and "seconds" in rec
-        and "finished_at" in rec
-    ):
+    if not _is_finished_record(rec):
         warnings.warn(f"cell file {path} is incomplete; recomputing cell {cell.key}", RuntimeWarning, stacklevel=3)
         return None
     try:
@@ -367,22 +372,23 @@ def import_records(suite: Suite, run_dir: str | os.PathLike, results_json: str |
         raise ValueError(f"results_json: {path} is the summary of suite {payload.get('suite')!r}, expected {suite.name!r}")
     parsed = []  # every record is checked before any file is written
     for i, rec in enumerate(payload["records"]):
-        try:
+        cell = None
+        if _is_finished_record(rec):
             d = rec["cell"]
-            cell = Cell(d["method"], d["setting"], d["shard"], tuple(d["seeds"]))
-            ok = isinstance(rec["metrics"], dict) and "seconds" in rec and "finished_at" in rec
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
+            try:
+                cell = Cell(d["method"], d["setting"], d["shard"], tuple(d["seeds"]))
+            except (KeyError, TypeError, ValueError):
+                pass
+        if cell is None:
             raise ValueError(f"results_json: record {i} of {path} is not a finished cell record")
         parsed.append((i, rec, cell))
-    by_key = {c.key: c for c in suite.cells}
+    suite_keys = {c.key for c in suite.cells}
     cells_dir = Path(run_dir) / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     written = kept = 0
     dropped: list[str] = []
     for i, rec, cell in parsed:
-        if cell.key not in by_key:
+        if cell.key not in suite_keys:
             dropped.append(cell.key)
             continue
         target = cells_dir / f"{cell.key}.json"
