@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
     td.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
     td.add_argument("--seed", type=int, default=0, help="random seed")
-    td.add_argument("--save-every", type=int, default=0, help="also save snapshots every this many steps (0: never)")
+    td.add_argument("--save-every", type=int, default=0, help="also save snapshots and the resumable training state every this many steps (0: never)")
+    td.add_argument("--resume", action="store_true", help="continue from OUT/training-state.pt when it exists (written every --save-every steps)")
+    td.add_argument("--block-out-channels", type=int, nargs="+", default=None,
+                    help="UNet channels per resolution (default: the bed's; one value per down block)")
     tc = trs.add_parser("classifier", help="a guidance or evaluation classifier", formatter_class=fmt,
                         description="Train the guidance classifier (ConvClassifier) or the independent evaluation classifier (ResidualClassifier) of a bed.")
     tc.add_argument("--bed", required=True, choices=["digits", "shapes"], help="test bed")
@@ -147,7 +150,8 @@ def _dispatch(args, argv: list[str]) -> int:
         cmd = _command_line(argv)
         if args.what == "diffusion":
             out = train_diffusion(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-                                  seed=args.seed, save_every=args.save_every, command=cmd, progress=progress)
+                                  seed=args.seed, save_every=args.save_every, command=cmd, progress=progress, resume=args.resume,
+                                  unet_overrides=None if args.block_out_channels is None else {"block_out_channels": tuple(args.block_out_channels)})
         elif args.what == "time-predictor":
             from .train import train_time_predictor
 

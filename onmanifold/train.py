@@ -81,11 +81,17 @@ def train_diffusion(
     save_every: int = 0,
     command: str = "",
     progress: bool = True,
+    resume: bool = False,
+    unet_overrides: dict | None = None,
 ) -> Path:
     """Train the diffusion model of ``bed`` and save it to ``out`` (EMA weights).
 
     ``save_every > 0`` also writes ``out/step-XXXXXX`` snapshots (kept for the ASCED study of
-    earlier checkpoints). Returns the output folder.
+    earlier checkpoints) and the resumable training state ``out/training-state.pt`` (weights, EMA,
+    optimiser, step, generator state; written atomically). ``resume=True`` continues from that state
+    when it exists: the result equals an uninterrupted run. ``unet_overrides`` replaces entries of
+    the bed's :func:`~onmanifold.nets.networks.unet_config` (e.g. wider ``block_out_channels``).
+    Returns the output folder.
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -100,7 +106,7 @@ def train_diffusion(
         model = EpsMLP()
         scheduler = None
     else:
-        model = UNet2DModel(**unet_config(bed))
+        model = UNet2DModel(**{**unet_config(bed), **(unet_overrides or {})})
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -129,7 +135,18 @@ def train_diffusion(
     def forward(m, x, t):
         return m(x, t) if bed == "gmm2d" else m(x, t).sample
 
-    bar = tqdm(range(1, steps + 1), desc=f"train {bed} diffusion", disable=not progress, mininterval=5)
+    state_path = out / "training-state.pt"
+    first = 1
+    if resume and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        losses = [float(v) for v in st["losses"]]
+        first = int(st["step"]) + 1
+    bar = tqdm(range(first, steps + 1), desc=f"train {bed} diffusion", disable=not progress, mininterval=5, initial=first - 1, total=steps)
     for step in bar:
         x0, _ = draw(batch_size)
         t = torch.randint(0, schedule.T, (batch_size,), generator=gen)
@@ -148,8 +165,26 @@ def train_diffusion(
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
         if save_every and step % save_every == 0 and step < steps:
             save_network(ema, out / "snapshots" / f"step-{step:06d}", meta=meta(step), scheduler=scheduler)
+            _save_training_state(state_path, step, model, ema, opt, gen, losses)
     save_network(ema, out, meta=meta(steps), scheduler=scheduler)
     return out
+
+
+def _save_training_state(path: Path, step: int, model, ema, opt, gen: torch.Generator, losses: list[float]) -> None:
+    """Write the resumable training state atomically (temporary file, fsync, rename)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(
+            {"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses[-1000:])},
+            f,
+        )
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def train_classifier(
