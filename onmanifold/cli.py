@@ -167,17 +167,17 @@ def _dispatch(args, argv: list[str]) -> int:
 
         return run_sample(args, progress)
     if args.command == "bench":
-        from .bench import run_bench_cli
+        from onmanifold_bench import run_bench_cli
 
         return run_bench_cli(args, progress, _command_line(argv))
     if args.command == "report":
-        from .report import write_report
+        from onmanifold_bench.report import write_report
 
         html_path, md_path = write_report(args.run_dir, args.title)
         print(f"wrote {html_path} and {md_path}")
         return 0
     if args.command == "demo":
-        from .demo import run_demo
+        from onmanifold_bench.demo import run_demo
 
         return run_demo(args, progress)
     raise AssertionError(args.command)

@@ -42,21 +42,21 @@ def guidance_setup(args, loaded, bed: str | None, n: int):
         target = torch.full((n,), args.target) if args.target is not None else torch.arange(n) % ncls
         loss = ClassifierLoss(guidance_classifier(bed), target)
     else:
-        from .bench.dsg import clean_images, make_task
         from .operators import make_measurements
+        from .testbeds import get_testbed
 
         if args.images is not None:
             truth = torch.load(args.images)
             if not torch.is_tensor(truth) or tuple(truth.shape[1:]) != tuple(loaded.sample_shape):
                 raise ValueError(f"--images: expected a tensor (N, {', '.join(map(str, loaded.sample_shape))}), got {getattr(truth, 'shape', type(truth))}")
         elif bed in ("digits", "shapes"):
-            truth = clean_images(bed, "heldout", n)[0]
+            truth = get_testbed(bed).images("test", n)[0]
         else:
             raise ValueError("--images: a model folder of unknown data needs ground-truth images to measure")
         if truth.shape[0] < n:
             raise ValueError(f"--images: has {truth.shape[0]} images, fewer than --num-samples {n}")
         truth = truth[:n]
-        op = make_task("digits" if loaded.sample_shape[-1] <= 8 else "shapes", args.task, n, seed=args.seed)
+        op = get_testbed("digits" if loaded.sample_shape[-1] <= 8 else "shapes").make_task(args.task, n, seed=args.seed)
         y = make_measurements(op, truth, args.sigma_y, seed=args.seed)
         loss = MeasurementLoss(op, y)
     plugin = DiffusionPosteriorSampling(loss, args.zeta) if args.method == "dps" else SphericalGaussianGuidance(loss, args.guidance_rate, args.interval)

@@ -18,44 +18,21 @@ import torch
 
 from . import metrics
 from .nets.checkpoint import load_network
+from .testbeds import TESTBEDS, bed_of_model, get_testbed
 
 __all__ = ["reference_set", "eval_classifier", "guidance_classifier", "quality", "BEDS", "bed_of_model"]
 
-BEDS = ("gmm2d", "digits", "shapes")
-_MODEL_BED = {"gmm2d-mlp": "gmm2d", "digits-unet": "digits", "shapes-unet": "shapes"}
-
-
-def bed_of_model(name: str, sample_shape: tuple[int, ...] | None = None) -> str | None:
-    """The test bed of a bundled model name, or guessed from a sample shape; None if unknown."""
-    if name in _MODEL_BED:
-        return _MODEL_BED[name]
-    if sample_shape == (1, 8, 8):
-        return "digits"
-    if sample_shape == (1, 32, 32):
-        return "shapes"
-    if sample_shape == (2,):
-        return "gmm2d"
-    return None
+BEDS = tuple(TESTBEDS)
 
 
 def reference_set(bed: str, which: str = "heldout") -> torch.Tensor:
-    """Reference data of ``bed``: ``which`` = 'heldout' (what samples are scored against) or 'train' (the floor)."""
+    """Reference data of ``bed``: ``which`` = 'heldout' (what samples are scored against) or 'train' (the floor).
+
+    The splits and their seeds live in :mod:`onmanifold.testbeds` ('reference' and 'floor').
+    """
     if which not in ("heldout", "train"):
         raise ValueError(f"which: expected 'heldout' or 'train', got {which!r}")
-    seed = 777 if which == "heldout" else 778
-    if bed == "digits":
-        from .data.digits import load_digits_split
-
-        return load_digits_split(which)[0]
-    if bed == "shapes":
-        from .data.shapes import sample_shapes
-
-        return sample_shapes(2000, torch.Generator().manual_seed(seed))[0]
-    if bed == "gmm2d":
-        from .data.gmm2d import sample_gmm2d
-
-        return sample_gmm2d(2000, torch.Generator().manual_seed(seed))
-    raise ValueError(f"bed: expected one of {BEDS}, got {bed!r}")
+    return get_testbed(bed).reference_set("reference" if which == "heldout" else "floor")
 
 
 @lru_cache(maxsize=4)

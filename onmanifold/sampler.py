@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .schedule import NoiseSchedule, StepCoefficients
 
-__all__ = ["SamplerPlugin", "StepState", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed"]
+__all__ = ["SamplerPlugin", "RunContext", "StepState", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed"]
 
 
 def per_sample_seed(seed: int, index: int) -> int:
@@ -80,6 +80,38 @@ class _BatchGenerator:
 
     def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.rand((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a plugin is told once per :meth:`DDIMSampler.sample` call, in :meth:`SamplerPlugin.setup`.
+
+    Plugins resolve resolution-dependent settings here (never from the first batch) and reset their
+    per-run results here (never accumulated across ``sample()`` calls).
+
+    Attributes:
+        sampler: the sampler (schedule, timesteps, eta, clamping).
+        sample_shape: the per-sample shape ``(C, H, W)`` (or ``(D,)``).
+        num_samples: the number of samples of the run.
+        seed: the base seed of the per-sample generators (None when one batch ``generator`` was given).
+        device, dtype: where and in what precision the state lives.
+        plugins: the plugin list of the run, in order (read-only: plugins do not call each other).
+    """
+
+    sampler: "DDIMSampler"
+    sample_shape: tuple[int, ...]
+    num_samples: int
+    seed: int | None
+    device: torch.device
+    dtype: torch.dtype
+    plugins: tuple
+
+    def position_of(self, plugin: "SamplerPlugin") -> int:
+        """The index of ``plugin`` in the run's plugin list."""
+        for i, p in enumerate(self.plugins):
+            if p is plugin:
+                return i
+        raise ValueError("plugin: not part of this run")
 
 
 @dataclass
@@ -223,11 +255,13 @@ def _bad(x: torch.Tensor, indices: list[int]) -> list[int]:
 class SamplerPlugin:
     """Base class of every sampler plugin; override the points you need (each default does nothing).
 
-    ``setup`` runs once before sampling (validate the sampler here: DSG refuses ``eta = 0``);
+    ``setup(run)`` runs once per :meth:`DDIMSampler.sample` call with the :class:`RunContext`
+    (validate the sampler here: DSG refuses ``eta = 0``; resolve resolution-dependent settings and
+    reset per-run results here);
     ``finish`` once after each batch.
     """
 
-    def setup(self, sampler: "DDIMSampler") -> None:
+    def setup(self, run: RunContext) -> None:
         pass
 
     def needs_grad(self, state: StepState) -> bool:
@@ -387,9 +421,13 @@ class DDIMSampler:
         for p in plugins:
             if not isinstance(p, SamplerPlugin):
                 raise TypeError(f"plugins: expected SamplerPlugin instances, got {type(p).__name__}")
-        self.active_plugins = plugins  # plugins may check their order in setup (e.g. TAG inline after the guidance)
+        run = RunContext(
+            sampler=self, sample_shape=tuple(int(v) for v in shape), num_samples=n, seed=seed,
+            device=x_T.device if x_T is not None else torch.device("cpu"),
+            dtype=x_T.dtype if x_T is not None else torch.float32, plugins=tuple(plugins),
+        )
         for p in plugins:
-            p.setup(self)
+            p.setup(run)
         bs = n if batch_size is None else int(batch_size)
         if bs < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")

@@ -25,22 +25,18 @@ from tqdm.auto import tqdm
 
 from .nets.checkpoint import save_network, write_json_atomic
 from .schedule import NoiseSchedule
+from .testbeds import TESTBEDS, get_testbed
 
 __all__ = ["train_diffusion", "train_classifier", "train_time_predictor", "bed_schedule", "classifier_accuracy", "BED_ATTRIBUTES"]
 
-BED_ATTRIBUTES = {"digits": ["digit"], "shapes": ["type", "size"], "gmm2d": []}
-"""The categorical attributes of each bed's labels (columns of the label tensor), with class counts below."""
-_ATTRIBUTE_CLASSES = {"digit": 10, "type": 3, "size": 3}
-
+BED_ATTRIBUTES = {name: list(bed.attributes) for name, bed in TESTBEDS.items()}
+"""The categorical attributes of each bed's labels (columns of the label tensor); from :mod:`onmanifold.testbeds`."""
+_ATTRIBUTE_CLASSES = {k: v for bed in TESTBEDS.values() for k, v in bed.attribute_classes.items()}
 
 
 def bed_schedule(bed: str) -> NoiseSchedule:
-    """The training schedule of a test bed."""
-    if bed == "gmm2d":
-        return NoiseSchedule.linear(100, 1e-3, 0.2)
-    if bed in ("digits", "shapes"):
-        return NoiseSchedule.linear(1000, 1e-4, 0.02)
-    raise ValueError(f"bed: expected 'gmm2d', 'digits' or 'shapes', got {bed!r}")
+    """The training schedule of a test bed (:meth:`onmanifold.testbeds.TestBed.schedule`)."""
+    return get_testbed(bed).schedule()
 
 
 def _data_sampler(bed: str, generator: torch.Generator):
@@ -263,17 +259,13 @@ def train_classifier(
 def classifier_accuracy(model: torch.nn.Module, bed: str) -> dict[str, float]:
     """Held-out accuracy per head: digits held-out split; 2000 fresh shapes (seed 12345) for shapes."""
     if bed == "digits":
-        from .data.digits import load_digits_split
-
-        x, y = load_digits_split("heldout")
-        return {"digit": float((model(x).argmax(1) == y).float().mean())}
-    from .data.shapes import sample_shapes
-
-    x, p = sample_shapes(2000, torch.Generator().manual_seed(12345))
+        x, y = get_testbed(bed).images("classifier-test")
+        return {"digit": float((model(x).argmax(1) == y[:, 0]).float().mean())}
+    x, y = get_testbed(bed).images("classifier-test", 2000)
     logits = model(x)
     return {
-        "type": float((logits[0].argmax(1) == p.type).float().mean()),
-        "size": float((logits[1].argmax(1) == p.size).float().mean()),
+        "type": float((logits[0].argmax(1) == y[:, 0]).float().mean()),
+        "size": float((logits[1].argmax(1) == y[:, 1]).float().mean()),
     }
 
 

@@ -44,7 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..sampler import DDIMSampler, SamplerPlugin, StepState
+from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 from .detector import ROBUST_SCALE, ASCEDConfig, StreamingArtifactDetector, dilate_mask, robust_median_mad
 
 __all__ = [
@@ -146,11 +146,11 @@ class TrajectoryAwareCorrection(SamplerPlugin):
         self.n_d = self.n_c = None
 
     # ------------------------------------------------------------------ lifecycle
-    def setup(self, sampler: DDIMSampler) -> None:
-        self.sampler = sampler
+    def setup(self, run: RunContext) -> None:
+        self.sampler = run.sampler
         self.n_d = self.n_c = None
         if self.config is not None:
-            self._resolve(sampler)
+            self._resolve(run.sampler)
 
     def _resolve(self, sampler: DDIMSampler) -> None:
         self.n_d, self.n_c = self.config.steps_of(sampler)
@@ -273,10 +273,10 @@ class ScoreClipping(SamplerPlugin):
         self.config = config
         self.n_d = self.n_c = None
 
-    def setup(self, sampler: DDIMSampler) -> None:
-        self.sampler = sampler
+    def setup(self, run: RunContext) -> None:
+        self.sampler = run.sampler
         if self.config is not None:
-            self.n_d, self.n_c = self.config.steps_of(sampler)
+            self.n_d, self.n_c = self.config.steps_of(run.sampler)
 
     def before_model(self, state: StepState) -> None:
         if state.position == 0:
@@ -332,9 +332,9 @@ class AbnormalScoreCorrection(SamplerPlugin):
         self.corrector = cls(self.detector, config if isinstance(config, ASCEDConfig) else None, seed)
         self.method = method
 
-    def setup(self, sampler: DDIMSampler) -> None:
-        self.detector.setup(sampler)
-        self.corrector.setup(sampler)
+    def setup(self, run: RunContext) -> None:
+        self.detector.setup(run)
+        self.corrector.setup(run)
 
     def before_model(self, state: StepState) -> None:
         self.detector.before_model(state)

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..sampler import DDIMSampler, SamplerPlugin, StepState
+from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 
 __all__ = [
     "ASCEDConfig",
@@ -376,9 +376,9 @@ class StreamingArtifactDetector(SamplerPlugin):
         self._reset_batch()
 
     # ------------------------------------------------------------------ lifecycle
-    def setup(self, sampler: DDIMSampler) -> None:
-        self.sampler = sampler
-        self.num_steps = sampler.num_steps
+    def setup(self, run: RunContext) -> None:
+        self.sampler = run.sampler
+        self.num_steps = run.sampler.num_steps
         if self.config is not None:
             self._resolve_steps()
 

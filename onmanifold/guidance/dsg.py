@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from ..sampler import DDIMSampler, SamplerPlugin, StepState
+from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 
 __all__ = ["SphericalGaussianGuidance", "dsg_update", "DETERMINISTIC_SAMPLER_MESSAGE"]
 
@@ -84,8 +84,8 @@ class SphericalGaussianGuidance(SamplerPlugin):
         self.guidance_rate = float(guidance_rate)
         self.interval = interval
 
-    def setup(self, sampler: DDIMSampler) -> None:
-        if not sampler.stochastic:
+    def setup(self, run: RunContext) -> None:
+        if not run.sampler.stochastic:
             raise ValueError(DETERMINISTIC_SAMPLER_MESSAGE)
 
     def is_guided(self, state: StepState) -> bool:

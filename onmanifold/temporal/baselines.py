@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..sampler import DDIMSampler, SamplerPlugin, StepState
+from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 from .guidance import check_predictor, select_condition
 from .predictor import input_dtype
 
@@ -76,8 +76,8 @@ class TimeCorrectionSampler(SamplerPlugin):
         self.predictor, self.gate, self.condition = predictor, gate, condition
         self.extra_model_calls = 0
 
-    def setup(self, sampler: DDIMSampler) -> None:
-        check_predictor(self.predictor, sampler)
+    def setup(self, run: RunContext) -> None:
+        check_predictor(self.predictor, run.sampler)
 
     @torch.no_grad()
     def after_step(self, state: StepState) -> None:

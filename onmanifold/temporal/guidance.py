@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..sampler import DDIMSampler, SamplerPlugin, StepState
+from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 from .predictor import time_linked_score
 
 __all__ = ["TemporalAlignmentGuidance", "select_condition", "check_predictor"]
@@ -139,12 +139,12 @@ class TemporalAlignmentGuidance(SamplerPlugin):
         self.predictor_calls += 1
         return time_linked_score(self.predictor, x, t, select_condition(self.condition, state))
 
-    def setup(self, sampler: DDIMSampler) -> None:
-        check_predictor(self.predictor, sampler)
+    def setup(self, run: RunContext) -> None:
+        check_predictor(self.predictor, run.sampler)
         if self.placement == "inline" and self.shift == "guided":
-            plugins = getattr(sampler, "active_plugins", [])
-            if self in plugins:
-                later = plugins[plugins.index(self) + 1:]
+            plugins = list(run.plugins)
+            if any(p is self for p in plugins):
+                later = plugins[run.position_of(self) + 1:]
                 movers = [type(p).__name__ for p in later if type(p).update is not SamplerPlugin.update]
                 if movers:
                     raise ValueError(

@@ -167,21 +167,9 @@ def load_time_predictor(name_or_path: str | os.PathLike) -> TimePredictor:
 
 
 def _heldout(bed: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if bed == "digits":
-        from ..data.digits import load_digits_split
+    from ..testbeds import get_testbed
 
-        x, y = load_digits_split("heldout")
-        return x, y[:, None]
-    if bed == "shapes":
-        from ..data.shapes import sample_shapes
-
-        x, p = sample_shapes(1000, torch.Generator().manual_seed(12345))
-        return x, torch.stack([p.type, p.size], dim=1)
-    if bed == "gmm2d":
-        from ..data.gmm2d import sample_gmm2d
-
-        return sample_gmm2d(2000, torch.Generator().manual_seed(777)), None
-    raise ValueError(f"bed: expected 'gmm2d', 'digits' or 'shapes', got {bed!r}")
+    return get_testbed(bed).images("classifier-test")
 
 
 @torch.no_grad()
@@ -200,10 +188,10 @@ def predictor_accuracy(
     and classified: top-1, within +-5 and +-20 steps, mean ``|argmax - t|`` and NLL per ``t``, and their
     means (``summary``, plus the values at 10 %, 40 % and 80 % of ``T``).
     """
-    from ..train import BED_ATTRIBUTES
+    from ..testbeds import get_testbed
 
     x_all, labels = _heldout(bed)
-    cols = [BED_ATTRIBUTES[bed].index(c) for c in conditions]
+    cols = [get_testbed(bed).attributes.index(c) for c in conditions]
     gen = torch.Generator().manual_seed(seed)
     T = schedule.T
     times = sorted({int(round(v)) for v in torch.linspace(0, T - 1, min(num_times, T)).tolist()})

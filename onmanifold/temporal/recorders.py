@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..sampler import DDIMSampler, SamplerPlugin, StepState
+from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 from .guidance import check_predictor, select_condition
 from .predictor import input_dtype
 
@@ -45,8 +45,8 @@ class TimeGapRecorder(SamplerPlugin):
         self._count: dict[int, int] = {}
         self._per_sample: dict[int, list[float]] = {}
 
-    def setup(self, sampler: DDIMSampler) -> None:
-        check_predictor(self.predictor, sampler)
+    def setup(self, run: RunContext) -> None:
+        check_predictor(self.predictor, run.sampler)
 
     @torch.no_grad()
     def before_model(self, state: StepState) -> None:

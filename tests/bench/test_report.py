@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from onmanifold.cli import main
-from onmanifold.report import write_report
+from onmanifold_bench.report import write_report
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
 

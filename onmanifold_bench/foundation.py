@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from ..nets.checkpoint import read_metadata
+from onmanifold.nets.checkpoint import read_metadata
 from .runner import Cell, Suite
 
 __all__ = ["models_suite", "speed_suite"]
@@ -30,11 +30,11 @@ def models_suite(quick: bool = False, run_dir=None) -> Suite:
     cells += speed.cells
 
     def run_cell(cell: Cell) -> dict:
-        from ..commands import sampler_for
-        from ..evaluate import bed_of_model, quality, reference_set
-        from ..model import load_diffusion_model
-        from ..nets.checkpoint import load_network
-        from ..train import classifier_accuracy
+        from onmanifold.commands import sampler_for
+        from onmanifold.evaluate import bed_of_model, quality, reference_set
+        from onmanifold.model import load_diffusion_model
+        from onmanifold.nets.checkpoint import load_network
+        from onmanifold.train import classifier_accuracy
 
         if cell.method == "ddim50-vs-DDIMPipeline":
             return speed.run_cell(cell)
@@ -79,8 +79,8 @@ def speed_suite(quick: bool = False, run_dir=None) -> Suite:
     def run_cell(cell: Cell) -> dict:
         from diffusers import DDIMPipeline, DDIMScheduler
 
-        from ..model import load_diffusion_model
-        from ..sampler import DDIMSampler
+        from onmanifold.model import load_diffusion_model
+        from onmanifold.sampler import DDIMSampler
 
         s = cell.setting
         loaded = load_diffusion_model(s["model"])

@@ -57,39 +57,25 @@ def table3(task: str, steps: int) -> tuple[int, float]:
 
 
 def clean_images(bed: str, split: str, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Ground-truth images (and labels for digits) of a split: digits 'val'/'heldout'; shapes seeds 555/777."""
-    if bed == "digits":
-        from ..data.digits import load_digits_split
+    """Ground-truth images (and digit labels) of ``split`` ('val' or 'heldout' = the bed's 'test' split)."""
+    from onmanifold.testbeds import get_testbed
 
-        x, y = load_digits_split(split)
-        return x[:n], y[:n]
-    from ..data.shapes import sample_shapes
-
-    x, p = sample_shapes(n, torch.Generator().manual_seed(555 if split == "val" else 777))
-    return x, None
+    x, y = get_testbed(bed).images("test" if split == "heldout" else split, n)
+    return x, (y[:, 0] if bed == "digits" else None)
 
 
 def make_task(bed: str, task: str, n: int, seed: int):
-    """The operator of ``task`` for ``n`` samples of ``bed`` (masks drawn per (seed, sample))."""
-    from ..operators import Downsample, GaussianBlur, Inpainting, box_masks, random_masks
+    """The operator of ``task`` for ``n`` samples of ``bed`` (:meth:`onmanifold.testbeds.TestBed.make_task`)."""
+    from onmanifold.testbeds import get_testbed
 
-    shape = (1, 8, 8) if bed == "digits" else (1, 32, 32)
-    if task == "box":
-        return Inpainting(box_masks(n, shape, 4, 0, seed) if bed == "digits" else box_masks(n, shape, 16, 2, seed))
-    if task == "random":
-        return Inpainting(random_masks(n, shape, (0.3, 0.7), seed))
-    if task == "sr":
-        return Downsample(2 if bed == "digits" else 4)
-    if task == "blur":
-        return GaussianBlur(0.8, 5) if bed == "digits" else GaussianBlur(1.5, 9)
-    raise ValueError(f"task: expected box, random, sr or blur, got {task!r}")
+    return get_testbed(bed).make_task(task, n, seed)
 
 
 def guided_run(loaded, method: str, loss, steps: int, n: int, seed: int, zeta: float = 0.0, g_r: float = 0.2, k: int = 1,
                recorder=None, batch_size: int = 256):
     """Sample ``n`` images with ``method`` in {'none', 'dps', 'dsg'}; returns (samples, seconds)."""
-    from ..guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
-    from ..sampler import DDIMSampler
+    from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
+    from onmanifold.sampler import DDIMSampler
 
     sampler = DDIMSampler(loaded.schedule, steps, eta=1.0)
     plugins = {"none": [], "dps": [DiffusionPosteriorSampling(loss, zeta)], "dsg": [SphericalGaussianGuidance(loss, g_r, k)]}[method]
@@ -101,8 +87,8 @@ def guided_run(loaded, method: str, loss, steps: int, n: int, seed: int, zeta: f
 
 
 def _inverse_metrics(bed: str, x: torch.Tensor, truth: torch.Tensor, labels, seconds: float) -> dict:
-    from .. import metrics
-    from ..evaluate import eval_classifier, quality
+    from onmanifold import metrics
+    from onmanifold.evaluate import eval_classifier, quality
 
     out = {"psnr": float(metrics.psnr(x, truth).mean()), "ssim": float(metrics.ssim(x, truth).mean())}
     q = quality(bed, x)
@@ -117,8 +103,8 @@ def _inverse_metrics(bed: str, x: torch.Tensor, truth: torch.Tensor, labels, sec
 
 
 def _val_fd(bed: str, x: torch.Tensor, ref: torch.Tensor) -> float:
-    from .. import metrics
-    from ..evaluate import eval_classifier
+    from onmanifold import metrics
+    from onmanifold.evaluate import eval_classifier
 
     clf = eval_classifier(bed)
     return metrics.frechet_distance(metrics.classifier_features(clf, x.clamp(-1, 1)), metrics.classifier_features(clf, ref))
@@ -126,7 +112,7 @@ def _val_fd(bed: str, x: torch.Tensor, ref: torch.Tensor) -> float:
 
 def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
     """DSG vs DPS: inverse problems on digits and shapes at 1000/100/50/20 steps, label guidance on digits; DPS zeta and label-guidance knobs swept on validation data."""
-    from ..model import load_diffusion_model
+    from onmanifold.model import load_diffusion_model
 
     run_dir = Path(run_dir)
     n_test = {"digits": 32 if quick else 256, "shapes": 16 if quick else 256}
@@ -178,8 +164,8 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
         return finished_records(cells, run_dir, cell_method, **match)
 
     def loss_for(bed, task, split, n, seed=0):
-        from ..losses import MeasurementLoss
-        from ..operators import make_measurements
+        from onmanifold.losses import MeasurementLoss
+        from onmanifold.operators import make_measurements
 
         x, labels = clean_images(bed, split, n)
         op = make_task(bed, task, n, seed)
@@ -187,15 +173,15 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
         return MeasurementLoss(op, y), x, labels, y
 
     def label_loss(n):
-        from ..evaluate import guidance_classifier
-        from ..losses import ClassifierLoss
+        from onmanifold.evaluate import guidance_classifier
+        from onmanifold.losses import ClassifierLoss
 
         target = torch.arange(n) % 10
         return ClassifierLoss(guidance_classifier("digits"), target), target
 
     def label_metrics(x, target, seconds):
-        from .. import metrics
-        from ..evaluate import eval_classifier, quality
+        from onmanifold import metrics
+        from onmanifold.evaluate import eval_classifier, quality
 
         with torch.no_grad():
             acc = metrics.accuracy(eval_classifier("digits")(x.clamp(-1, 1)), target)
@@ -210,12 +196,12 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
             seed = 100 if split == "val" else 0
             loss, truth, labels, _ = loss_for(bed, task, split, s["n"], seed)
             if m == "dps-val":
-                from ..metrics import psnr
+                from onmanifold.metrics import psnr
 
                 x, sec = guided_run(loaded(bed), "dps", loss, steps, s["n"], seed, zeta=s["zeta"])
                 return {"val_fd": _val_fd(bed, x, truth), "val_psnr": float(psnr(x, truth).mean())}
             if m == "dsg-val":
-                from ..metrics import psnr
+                from onmanifold.metrics import psnr
 
                 x, sec = guided_run(loaded(bed), "dsg", loss, steps, s["n"], seed, g_r=s["g_r"], k=s["k"])
                 return {"val_fd": _val_fd(bed, x, truth), "val_psnr": float(psnr(x, truth).mean())}
@@ -254,7 +240,7 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
             out.update(params)
             return out
         if m == "sphere-deviation":
-            from ..guidance import SphereDeviationRecorder
+            from onmanifold.guidance import SphereDeviationRecorder
 
             loss, truth, labels, _ = loss_for("digits", "box", "heldout", s["n"])
             zeta = next(r["metrics"]["zeta"] for r in records("dps", bed="digits", task="box", steps=100))
@@ -350,9 +336,9 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
     """``docs/results/dsg.md``: the curated tables, figures and the plain statement of the paper's claims."""
     import datetime as dt
 
-    from ..images import save_rows
-    from ..nets.checkpoint import write_text_atomic
-    from ..operators import make_measurements
+    from onmanifold.images import save_rows
+    from onmanifold.nets.checkpoint import write_text_atomic
+    from onmanifold.operators import make_measurements
 
     results_dir = Path(results_dir)
     fig_dir = results_dir / "figures"
@@ -413,7 +399,7 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from ..images import save_figure
+        from onmanifold.images import save_figure
 
         fig, ax = plt.subplots(figsize=(6, 3.2))
         for name, curve in sph["curves"].items():

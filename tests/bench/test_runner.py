@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from onmanifold.bench.runner import Cell, Suite, run_suite, summarize
+from onmanifold_bench.runner import Cell, Suite, run_suite, summarize
 
 
 def _trivial_suite(calls: list, n: int = 5, name: str = "trivial") -> Suite:
@@ -55,7 +55,7 @@ def test_keys_stable_distinct_and_equal_for_equal_cells():
     weird = Cell("a/b c:*?", {"path": "../x y", "nested": {"k": [1, 2]}})
     assert all(ch.isalnum() or ch in "._=+-" for ch in weird.key) and not weird.key.startswith(".")
     # the key is the same in a fresh interpreter (different hash seed)
-    code = "from onmanifold.bench.runner import Cell; print(Cell('dsg', {'gamma': 0.1, 'steps': 50}, 0, (0, 1)).key)"
+    code = "from onmanifold_bench.runner import Cell; print(Cell('dsg', {'gamma': 0.1, 'steps': 50}, 0, (0, 1)).key)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "12345"})
     assert out.stdout.strip() == a.key
@@ -201,7 +201,7 @@ def test_summarize_writes_json_and_markdown(tmp_path):
 
 
 def test_import_records_resumes_a_fresh_run_dir_from_the_summary(tmp_path):
-    from onmanifold.bench.runner import import_records
+    from onmanifold_bench.runner import import_records
 
     calls: list = []
     suite = _trivial_suite(calls)
@@ -231,7 +231,7 @@ def test_import_records_resumes_a_fresh_run_dir_from_the_summary(tmp_path):
 
 
 def test_command_history_keeps_imported_commands_first(tmp_path):
-    from onmanifold.bench import _command_history
+    from onmanifold_bench import _command_history
 
     _command_history(str(tmp_path), "bench s --only a=1")
     out = _command_history(str(tmp_path), "", "bench s --old\nbench s --only a=1")
@@ -245,7 +245,7 @@ _N_KILL = 8
 
 _SCRIPT = """
 import sys, time
-from onmanifold.bench.runner import Cell, Suite, run_suite
+from onmanifold_bench.runner import Cell, Suite, run_suite
 
 def cells():
     return [Cell("sleepy", {{"index": i}}, shard=i % 2, seeds=(i,)) for i in range({n})]

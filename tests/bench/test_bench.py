@@ -2,10 +2,10 @@
 
 import pytest
 
-from onmanifold.bench import cell_selector
-from onmanifold.bench.dsg import TABLE3, dsg_suite, table3
-from onmanifold.bench.foundation import models_suite
-from onmanifold.bench.runner import Cell, CellNotReady
+from onmanifold_bench import cell_selector
+from onmanifold_bench.dsg import TABLE3, dsg_suite, table3
+from onmanifold_bench.foundation import models_suite
+from onmanifold_bench.runner import Cell, CellNotReady
 from onmanifold.cli import main
 
 
@@ -56,7 +56,7 @@ def test_models_suite_covers_every_bundled_model():
 
 
 def test_tag_suite_sweeps_before_use_and_runs_a_toy_cell(tmp_path):
-    from onmanifold.bench.tag import tag_suite
+    from onmanifold_bench.tag import tag_suite
 
     s = tag_suite(True, tmp_path)
     pos = {c: i for i, c in enumerate(s.cells)}

@@ -473,8 +473,8 @@ def test_works_with_a_diffusers_unet2dmodel():
 
 # ---------------------------------------------------------------- the bench suite and the demo row
 def test_asced_suite_structure():
-    from onmanifold.bench import SUITES
-    from onmanifold.bench.asced import ABLATIONS, TC_SWEEP, asced_suite
+    from onmanifold_bench import SUITES
+    from onmanifold_bench.asced import ABLATIONS, TC_SWEEP, asced_suite
 
     assert SUITES()["asced"] is asced_suite
     s = asced_suite(False, "unused")
@@ -503,7 +503,7 @@ def test_asced_quick_suite_runs_and_writes_the_report(tmp_path):
 
 
 def test_demo_rows():
-    from onmanifold.bench.asced import asced_demo_rows
+    from onmanifold_bench.asced import asced_demo_rows
 
     rows = asced_demo_rows(4, 0)
     assert [r["method"] for r in rows] == ["DDIM-25", "DDIM-25 + ASCED"]

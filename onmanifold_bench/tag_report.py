@@ -6,7 +6,7 @@ import datetime as _dt
 import statistics
 from pathlib import Path
 
-from ..nets.checkpoint import write_text_atomic
+from onmanifold.nets.checkpoint import write_text_atomic
 from .runner import first_metrics as _m
 from .runner import format_value as _f
 from .runner import select_records as _by
@@ -25,7 +25,7 @@ def _figures(records, fig_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from ..images import save_figure
+    from onmanifold.images import save_figure
 
     made = []
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .nets.checkpoint import write_json_atomic, write_text_atomic
+from onmanifold.nets.checkpoint import write_json_atomic, write_text_atomic
 
 __all__ = ["run_demo", "markdown_table"]
 
@@ -35,10 +35,10 @@ DEMO_DPS_ZETA = 1.0
 
 def dsg_vs_dps_rows(n: int, seed: int) -> list[dict]:
     """DSG vs DPS (and unguided) on digits box inpainting, DDIM-50 eta = 1, ``n`` held-out images."""
-    from .bench.dsg import _inverse_metrics, clean_images, guided_run, make_task
-    from .losses import MeasurementLoss
-    from .model import load_diffusion_model
-    from .operators import make_measurements
+    from onmanifold_bench.dsg import _inverse_metrics, clean_images, guided_run, make_task
+    from onmanifold.losses import MeasurementLoss
+    from onmanifold.model import load_diffusion_model
+    from onmanifold.operators import make_measurements
 
     loaded = load_diffusion_model("digits-unet")
     truth, labels = clean_images("digits", "heldout", n)
@@ -66,7 +66,7 @@ def _rows_dsg(n: int, seed: int) -> list[dict]:
 
 
 def _rows_tag(seed: int, n_digits: int) -> list[dict]:
-    from .bench.tag import tag_demo_rows
+    from onmanifold_bench.tag import tag_demo_rows
 
     rows = []
     for r in tag_demo_rows(n_toy=1000, n_digits=n_digits, seed=seed):
@@ -76,7 +76,7 @@ def _rows_tag(seed: int, n_digits: int) -> list[dict]:
 
 
 def _rows_asced(n: int, seed: int) -> list[dict]:
-    from .bench.asced import asced_demo_rows
+    from onmanifold_bench.asced import asced_demo_rows
 
     rows = []
     for r in asced_demo_rows(n, seed):
@@ -87,8 +87,8 @@ def _rows_asced(n: int, seed: int) -> list[dict]:
 
 
 def _rows_compose(n: int, seed: int, out: Path) -> list[dict]:
-    from .bench.compose import compose_run
-    from .images import save_grid
+    from onmanifold_bench.compose import compose_run
+    from onmanifold.images import save_grid
 
     rows = []
     for method in ("dps", "dsg", "dsg+tag+asced"):

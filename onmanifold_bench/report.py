@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path
 
-from .nets.checkpoint import write_text_atomic
+from onmanifold.nets.checkpoint import write_text_atomic
 
 __all__ = ["write_report"]
 

@@ -5,7 +5,7 @@ splits the cells over N processes sharing the run directory (gloo on CPU, NCCL o
 writes the summary. Each cell is computed by one process from its own seeds, so the results equal
 the single-process run's.
 
-Every suite runs through the resumable :mod:`onmanifold.bench.runner`: finished cells are written
+Every suite runs through the resumable :mod:`onmanifold_bench.runner`: finished cells are written
 as JSON under ``runs/<suite>/cells`` and skipped on a rerun; the summary goes to
 ``docs/results/<suite>.json`` and ``.md`` with the exact command and the date. ``runs/`` is not
 committed: in a fresh checkout, ``--import-results docs/results/<suite>.json`` seeds the run directory
@@ -83,7 +83,7 @@ def _command_history(run_dir: str, command: str, earlier: str = "") -> str:
     """
     from pathlib import Path
 
-    from ..nets.checkpoint import write_text_atomic
+    from onmanifold.nets.checkpoint import write_text_atomic
 
     path = Path(run_dir) / "commands.log"
     lines = [ln for ln in (path.read_text().splitlines() if path.is_file() else []) if ln.strip()]

@@ -51,14 +51,14 @@ SNAPSHOT_DIR = Path("runs/shapes-unet-snapshots")
 
 # ------------------------------------------------------------------------------------------ running one method
 def _sampler(loaded):
-    from ..sampler import DDIMSampler
+    from onmanifold.sampler import DDIMSampler
 
     return DDIMSampler(loaded.schedule, STEPS, eta=0.0, spacing="linspace", clamp_x0=True, data_range=(-1.0, 1.0))
 
 
 def config_for(bed: str, tc_frac: float = 0.48, variant: str | None = None):
     """The detector / correction settings of a cell (``variant`` = one of :data:`ABLATIONS` or None)."""
-    from ..artifacts import ASCEDConfig
+    from onmanifold.artifacts import ASCEDConfig
 
     cfg = ASCEDConfig.for_resolution(SHAPE_OF[bed][-1], tc_frac=tc_frac)
     changes = {"w1": {"min_width": 1}, "quantize": {"quantize": True, "a_min": 0.0}, "weighted-score": {"quantity": "weighted_score"},
@@ -96,7 +96,7 @@ class _WholeImage:
 
 def method_plugins(method: str, bed: str, tc_frac: float = 0.48, variant: str | None = None, oracle_masks=None, first_index: int = 0):
     """``(plugins, detector, corrector)`` of a method: original / asced / state-replacement / score-clipping / oracle-ttc."""
-    from ..artifacts import GroundTruthMasks, ScoreClipping, StateReplacement, StreamingArtifactDetector, TrajectoryAwareCorrection
+    from onmanifold.artifacts import GroundTruthMasks, ScoreClipping, StateReplacement, StreamingArtifactDetector, TrajectoryAwareCorrection
 
     cfg = config_for(bed, tc_frac, variant)
     if method == "original":
@@ -130,7 +130,7 @@ def run_method(loaded, bed: str, method: str, n: int, first_index: int, **kw):
 # ------------------------------------------------------------------------------------------ the suite
 def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suite:
     """ASCED: detection vs ground truth, TTC vs State Replacement / Score Clipping / oracle, T_c sweep, phases, overhead."""
-    from ..model import load_diffusion_model
+    from onmanifold.model import load_diffusion_model
 
     run_dir = Path(run_dir)
     shard_n = 8 if quick else 250
@@ -187,7 +187,7 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
         if m == "overhead":
             return _overhead(loaded("shapes-unet"), s["n"], s["repeats"])
         if m == "snapshot-gt-rate":
-            from ..artifacts import gt_artifact_mask
+            from onmanifold.artifacts import gt_artifact_mask
 
             x, _, _, sec = run_method(loaded(str(SNAPSHOT_DIR / s["snapshot"])), "shapes", "original", s["n"], 0)
             g, has = gt_artifact_mask(x)
@@ -203,7 +203,7 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
         art: dict = {"x": x, "first_index": first}
         out: dict = {"n": n, "seconds": sec, "s_per_sample": sec / n}
         if bed == "shapes":
-            from ..artifacts import gt_artifact_mask
+            from onmanifold.artifacts import gt_artifact_mask
 
             g, has = gt_artifact_mask(x)
             art["gt_mask"], art["gt_has"] = g, has
@@ -249,7 +249,7 @@ class _Timed:
     """Accumulates the wall time spent inside the hooks of a plugin."""
 
     def __init__(self, plugin) -> None:
-        from ..sampler import SamplerPlugin
+        from onmanifold.sampler import SamplerPlugin
 
         outer = self
         self.seconds = 0.0
@@ -283,7 +283,7 @@ class _Timed:
 
 def _overhead(loaded, n: int, repeats: int) -> dict:
     """ASCED / plain DDIM-25 wall time on the same ``n`` samples, alternating, warm-up excluded, median of ``repeats``."""
-    from ..artifacts import AbnormalScoreCorrection
+    from onmanifold.artifacts import AbnormalScoreCorrection
 
     sampler = _sampler(loaded)
 
@@ -308,20 +308,20 @@ def _overhead(loaded, n: int, repeats: int) -> dict:
 
 # ------------------------------------------------------------------------------------------ summary
 def _features(bed: str, x: torch.Tensor) -> np.ndarray:
-    from .. import metrics
-    from ..evaluate import eval_classifier
+    from onmanifold import metrics
+    from onmanifold.evaluate import eval_classifier
 
     return metrics.classifier_features(eval_classifier(bed), x.clamp(-1, 1)).double().numpy()
 
 
 def _ref_features(bed: str) -> np.ndarray:
-    from ..evaluate import _reference_features
+    from onmanifold.evaluate import _reference_features
 
     return _reference_features(bed, "heldout").double().numpy()
 
 
 def _quality_from_features(bed: str, f: np.ndarray) -> dict:
-    from .. import metrics
+    from onmanifold import metrics
 
     ref = _ref_features(bed)
     p, r = metrics.precision_recall(torch.from_numpy(ref), torch.from_numpy(f), k=3)
@@ -330,7 +330,7 @@ def _quality_from_features(bed: str, f: np.ndarray) -> dict:
 
 def _paired_bootstrap(bed: str, feats: dict, base: str, resamples: int, seed: int = 0) -> dict:
     """95 % CI of FD(method) - FD(base) over joint resamples of the seed indices."""
-    from .. import metrics
+    from onmanifold import metrics
 
     ref = _ref_features(bed)
     n = len(next(iter(feats.values())))
@@ -388,7 +388,7 @@ def _cat(arts: list[dict], key: str) -> torch.Tensor:
 
 
 def _summary(cells, load_art, find, s: dict, sweep, ablations, main_shards: int, sweep_shards: int, shard_n: int) -> dict:
-    from ..artifacts import phase_boundaries
+    from onmanifold.artifacts import phase_boundaries
 
     out: dict = {"main_n": s["main_n"], "sweep_n": s["sweep_n"]}
     # ---------------- main tables
@@ -485,9 +485,9 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..artifacts import phase_of_steps, plot_phase_histogram
-    from ..images import save_figure, save_rows
-    from ..nets.checkpoint import write_text_atomic
+    from onmanifold.artifacts import phase_of_steps, plot_phase_histogram
+    from onmanifold.images import save_figure, save_rows
+    from onmanifold.nets.checkpoint import write_text_atomic
 
     results_dir = Path(results_dir)
     fig_dir = results_dir / "figures"
@@ -679,7 +679,7 @@ def _grid_figure(cells, artifact_of, path: Path, save_rows) -> bool:
 
 def _claim_extras(summ: dict, records: list[dict], cells, artifact_of) -> dict:
     """Where the detected pixels lie (on the fitted shape or not) and the peak of the flag rate inside G."""
-    from ..data.shapes import fit_shapes
+    from onmanifold.data.shapes import fit_shapes
 
     out: dict = {}
     arts = [a for a in (_main_art(cells, artifact_of, "original", "shapes", s) for s in range(8)) if a is not None]
@@ -701,7 +701,7 @@ def _claim_extras(summ: dict, records: list[dict], cells, artifact_of) -> dict:
 
 def _saturation(n: int) -> list[float]:
     """Share of x0_hat pixels at the clip bounds (|x0_hat| >= 0.999) per step, original DDIM-25 on shapes, seeds 0 .. n-1."""
-    from ..model import load_diffusion_model
+    from onmanifold.model import load_diffusion_model
 
     sat: list[float] = []
     loaded = load_diffusion_model("shapes-unet")
@@ -718,8 +718,8 @@ def _main_art(cells, artifact_of, method: str, bed: str, shard: int):
 
 def _gt_definitions(cells, artifact_of) -> list[tuple[str, float, float]]:
     """GT rates of the original samples and of 1000 real shapes under the project's and two looser definitions."""
-    from ..artifacts import gt_artifact_mask
-    from ..data.shapes import fit_shapes, sample_shapes
+    from onmanifold.artifacts import gt_artifact_mask
+    from onmanifold.data.shapes import fit_shapes, sample_shapes
 
     arts = [a for a in (_main_art(cells, artifact_of, "original", "shapes", s) for s in range(8)) if a is not None]
     if not arts:
@@ -823,8 +823,8 @@ def _claims(summ: dict, ov: dict | None, extra: dict) -> list[str]:
 def asced_demo_rows(n: int, seed: int) -> list[dict]:
     """``onmanifold demo``: original vs ASCED on ``n`` shapes samples, DDIM-25: GT artifact rate, flagged share, s/sample, time ratio
     (one run each: a rough ratio; the measured overhead is in ``docs/results/asced.md``)."""
-    from ..artifacts import gt_artifact_mask
-    from ..model import load_diffusion_model
+    from onmanifold.artifacts import gt_artifact_mask
+    from onmanifold.model import load_diffusion_model
 
     loaded = load_diffusion_model("shapes-unet")
     rows = []

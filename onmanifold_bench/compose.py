@@ -32,8 +32,8 @@ OMEGAS = (1.0, 5.0, 20.0)
 
 
 def _problem(split: str, n: int, seed: int = 0):
-    from ..losses import MeasurementLoss
-    from ..operators import make_measurements
+    from onmanifold.losses import MeasurementLoss
+    from onmanifold.operators import make_measurements
     from .dsg import clean_images, make_task
 
     truth, _ = clean_images("shapes", split, n)
@@ -47,13 +47,13 @@ def compose_run(method: str, n: int, split: str = "heldout", zeta: float = 3.0, 
 
     ``samples_out``: a dict that receives the samples (``"x"``) and the truth (``"truth"``).
     """
-    from .. import metrics
-    from ..artifacts import AbnormalScoreCorrection, ASCEDConfig, gt_artifact_mask
-    from ..evaluate import quality
-    from ..guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
-    from ..model import load_diffusion_model
-    from ..sampler import DDIMSampler
-    from ..temporal import TemporalAlignmentGuidance, load_time_predictor
+    from onmanifold import metrics
+    from onmanifold.artifacts import AbnormalScoreCorrection, ASCEDConfig, gt_artifact_mask
+    from onmanifold.evaluate import quality
+    from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
+    from onmanifold.model import load_diffusion_model
+    from onmanifold.sampler import DDIMSampler
+    from onmanifold.temporal import TemporalAlignmentGuidance, load_time_predictor
 
     parts = method.split("+")
     if parts[0] not in ("dps", "dsg") or not set(parts[1:]) <= {"tag", "asced"}:
@@ -121,7 +121,7 @@ def write_compose_report(records: list[dict], results_dir, command: str, run_dir
     """``docs/results/compose.md``: the protocol, the test table, and a plain reading of it."""
     import datetime as dt
 
-    from ..nets.checkpoint import write_text_atomic
+    from onmanifold.nets.checkpoint import write_text_atomic
 
     test = {r["cell"]["method"]: r["metrics"] for r in records if not r["cell"]["method"].startswith("val-")}
     L = ["# DSG + TAG + ASCED in one sampling run", "", __doc__.split("\n\n", 1)[1].strip(), "", "Command(s):", "", "```", command, "```", "",

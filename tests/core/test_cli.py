@@ -9,7 +9,7 @@ import pytest
 
 from onmanifold.cli import build_parser, main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("argv", [[], ["train"], ["train", "diffusion"], ["train", "classifier"], ["sample"], ["bench"], ["demo"]])

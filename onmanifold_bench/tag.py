@@ -62,7 +62,7 @@ INDEPENDENT_DIGITS_PREDICTOR = "runs/digits-time-independent"
 
 # ------------------------------------------------------------------------------------------ helpers
 def _sample(loaded, plugins, steps, n, seed, eta=0.0, spacing="leading", batch_size=250):
-    from ..sampler import DDIMSampler
+    from onmanifold.sampler import DDIMSampler
 
     clamp = loaded.data_range is not None
     sampler = DDIMSampler(loaded.schedule, steps, eta=eta, spacing=spacing, clamp_x0=clamp)
@@ -72,7 +72,7 @@ def _sample(loaded, plugins, steps, n, seed, eta=0.0, spacing="leading", batch_s
 
 
 def _quality(bed, x, full=True) -> dict:
-    from ..evaluate import quality
+    from onmanifold.evaluate import quality
 
     q = quality(bed, x)
     return {k: q[k] for k in ("fd", "precision", "recall")} if full else {"fd": q["fd"]}
@@ -89,7 +89,7 @@ def _argbest(records, knob, key="fd", mode="min", rel_tol=0.005):
 
 def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
     """Temporal Alignment Guidance: toy drift, corrupted and few-step digits, label and two-attribute guidance, baselines, cost."""
-    from ..model import load_diffusion_model
+    from onmanifold.model import load_diffusion_model
 
     run_dir = Path(run_dir)
     q = quick
@@ -141,7 +141,7 @@ def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
         return cache[bed]
 
     def predictor(name):
-        from ..temporal import load_time_predictor
+        from onmanifold.temporal import load_time_predictor
 
         key = ("phi", name)
         if key not in cache:
@@ -183,7 +183,7 @@ def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
 def _predictor_cell(name: str) -> dict:
     import json
 
-    from ..nets.checkpoint import bundled_path, read_metadata
+    from onmanifold.nets.checkpoint import bundled_path, read_metadata
 
     meta = read_metadata(name)
     curve = json.loads((bundled_path(name) / "accuracy_curve.json").read_text())
@@ -194,9 +194,9 @@ def _predictor_cell(name: str) -> dict:
 
 def _tls_cosine(phi, loaded, n) -> dict:
     """Cosine between the learned TLS and the exact one (oracle logits log p_k) on forward samples, per t."""
-    from ..data.gmm2d import GMM2D_MEANS, sample_gmm2d
-    from ..model import GaussianMixtureModel
-    from ..temporal import ExactTimePosterior, time_linked_score
+    from onmanifold.data.gmm2d import GMM2D_MEANS, sample_gmm2d
+    from onmanifold.model import GaussianMixtureModel
+    from onmanifold.temporal import ExactTimePosterior, time_linked_score
 
     exact = GaussianMixtureModel(GMM2D_MEANS, 1.0, loaded.schedule)
     oracle = ExactTimePosterior(exact)
@@ -213,10 +213,10 @@ def _tls_cosine(phi, loaded, n) -> dict:
 
 
 def _toy_cell(m, s, loaded, phi_learned, records) -> dict:
-    from ..data.gmm2d import GMM2D_MEANS, sample_gmm2d
-    from ..metrics import wasserstein1_exact
-    from ..model import GaussianMixtureModel
-    from ..temporal import ExactTimePosterior, LinearDrift, TemporalAlignmentGuidance, TimeGapRecorder
+    from onmanifold.data.gmm2d import GMM2D_MEANS, sample_gmm2d
+    from onmanifold.metrics import wasserstein1_exact
+    from onmanifold.model import GaussianMixtureModel
+    from onmanifold.temporal import ExactTimePosterior, LinearDrift, TemporalAlignmentGuidance, TimeGapRecorder
 
     exact = GaussianMixtureModel(GMM2D_MEANS, 1.0, loaded.schedule)
     model = loaded.model if s["eps"] == "mlp" else exact
@@ -245,7 +245,7 @@ def _toy_cell(m, s, loaded, phi_learned, records) -> dict:
 
 def _independent_digits_predictor():
     """The independently trained digits predictor (not shipped), or None when it was not trained on this machine."""
-    from ..temporal import load_time_predictor
+    from onmanifold.temporal import load_time_predictor
 
     if not Path(INDEPENDENT_DIGITS_PREDICTOR).is_dir():
         return None
@@ -253,7 +253,7 @@ def _independent_digits_predictor():
 
 
 def _corrupt_cell(m, s, loaded, phi, records, run_dir, cell) -> dict:
-    from ..temporal import NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder
+    from onmanifold.temporal import NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder
 
     sigma = s["sigma"]
     rec = TimeGapRecorder(phi)
@@ -278,7 +278,7 @@ def _corrupt_cell(m, s, loaded, phi, records, run_dir, cell) -> dict:
 
 
 def _fewstep_cell(m, s, loaded, phi, records) -> dict:
-    from ..temporal import TemporalAlignmentGuidance, TimeGapRecorder
+    from onmanifold.temporal import TemporalAlignmentGuidance, TimeGapRecorder
 
     rec = TimeGapRecorder(phi)
     if m == "fewstep-val":
@@ -295,8 +295,8 @@ def _fewstep_cell(m, s, loaded, phi, records) -> dict:
 
 def _label_plugins(method, value, loss, phi, chosen, data_var):
     """Plugins of a label-guidance method; ``value`` is its own knob, ``chosen`` the DPS/DSG knobs picked on validation."""
-    from ..guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
-    from ..temporal import EpsilonScaling, LangevinCorrector, TemporalAlignmentGuidance, TimeCorrectionSampler, TimeShiftSampler
+    from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
+    from onmanifold.temporal import EpsilonScaling, LangevinCorrector, TemporalAlignmentGuidance, TimeCorrectionSampler, TimeShiftSampler
 
     if method == "none":
         return []
@@ -323,11 +323,11 @@ def _label_plugins(method, value, loss, phi, chosen, data_var):
 
 
 def _label_cell(m, s, loaded, phi, records) -> dict:
-    from .. import metrics
-    from ..data.digits import load_digits_split
-    from ..evaluate import eval_classifier, guidance_classifier
-    from ..losses import ClassifierLoss
-    from ..temporal import TimeGapRecorder, image_variance
+    from onmanifold import metrics
+    from onmanifold.data.digits import load_digits_split
+    from onmanifold.evaluate import eval_classifier, guidance_classifier
+    from onmanifold.losses import ClassifierLoss
+    from onmanifold.temporal import TimeGapRecorder, image_variance
 
     n = s["n"]
     target = torch.arange(n) % 10
@@ -371,7 +371,7 @@ def _shape_targets(per_pair):
 
 
 def _shape_reference(per_pair):
-    from ..data.shapes import sample_shapes
+    from onmanifold.data.shapes import sample_shapes
 
     x, p = sample_shapes(6000, torch.Generator().manual_seed(4242))
     refs = []
@@ -382,11 +382,11 @@ def _shape_reference(per_pair):
 
 
 def _shapes_cell(m, s, loaded, predictor, records) -> dict:
-    from .. import metrics
-    from ..evaluate import eval_classifier, guidance_classifier
-    from ..guidance import DiffusionPosteriorSampling
-    from ..losses import ClassifierLoss, SumOfLosses
-    from ..temporal import TemporalAlignmentGuidance
+    from onmanifold import metrics
+    from onmanifold.evaluate import eval_classifier, guidance_classifier
+    from onmanifold.guidance import DiffusionPosteriorSampling
+    from onmanifold.losses import ClassifierLoss, SumOfLosses
+    from onmanifold.temporal import TemporalAlignmentGuidance
 
     per_pair = s["per_pair"]
     ty, sz = _shape_targets(per_pair)
@@ -438,10 +438,10 @@ def _shapes_zeta(records) -> float:
 
 def _cost_cell(s, loaded, phi) -> dict:
     """TAG step / plain step, DPS+TAG step / DPS step, and the predictor's share, alternating in one process."""
-    from ..evaluate import guidance_classifier
-    from ..guidance import DiffusionPosteriorSampling
-    from ..losses import ClassifierLoss
-    from ..temporal import TemporalAlignmentGuidance, time_linked_score
+    from onmanifold.evaluate import guidance_classifier
+    from onmanifold.guidance import DiffusionPosteriorSampling
+    from onmanifold.losses import ClassifierLoss
+    from onmanifold.temporal import TemporalAlignmentGuidance, time_linked_score
 
     n, steps = s["n"], s["steps"]
     loss = ClassifierLoss(guidance_classifier("digits"), torch.arange(n) % 10)
@@ -482,10 +482,10 @@ DEMO_CORRUPT_OMEGA = 0.5
 
 def tag_demo_rows(n_toy: int = 1000, n_digits: int = 256, seed: int = 0) -> list[dict]:
     """TAG rows of ``onmanifold demo``: gmm2d with drift (W1) and corrupted digits (FD, time gap)."""
-    from ..data.gmm2d import sample_gmm2d
-    from ..metrics import wasserstein1_exact
-    from ..model import load_diffusion_model
-    from ..temporal import LinearDrift, NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder, load_time_predictor
+    from onmanifold.data.gmm2d import sample_gmm2d
+    from onmanifold.metrics import wasserstein1_exact
+    from onmanifold.model import load_diffusion_model
+    from onmanifold.temporal import LinearDrift, NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder, load_time_predictor
 
     rows = []
     toy, phi = load_diffusion_model("gmm2d-mlp"), load_time_predictor("gmm2d-time")

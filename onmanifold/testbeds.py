@@ -1,0 +1,212 @@
+"""The registry of test beds: everything that is true of a bed, in one place.
+
+A :class:`TestBed` holds a bed's per-sample shape, its training schedule, its label attributes,
+its named data splits with their seeds, its inverse-problem tasks, its bundled model names and,
+where the bed has them, its ground-truth artifact masks. Nothing else in the library or the
+experiments re-derives a split, a seed or a task: they ask ``get_testbed(name)``.
+
+>>> bed = get_testbed("shapes")
+>>> bed.sample_shape, bed.attributes
+((1, 32, 32), ('type', 'size'))
+>>> x, labels = bed.images("val", 8)        # the validation shapes, seed 555
+
+Splits (``bed.split_seeds``; digits splits are fixed index sets of scikit-learn's 1797 digits):
+
+=====================  ===================================================================
+split                  used for
+=====================  ===================================================================
+``train``              the training stream (procedural beds: drawn from the training seed)
+``val``                choosing knobs (DPS zeta, DSG g_r, TAG omega0, ...)
+``test``               the images every inverse-problem table measures
+``reference``          what sample quality (FD, precision/recall, W1) is scored against
+``floor``              the training-data floor of the same scores
+``classifier-test``    held-out accuracy of classifiers and time predictors
+``attribute-pool``     the pool per (type, size) pair of the two-attribute guidance tables
+``ground-truth-check`` real images on which the ground-truth artifact rate is checked
+=====================  ===================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .schedule import NoiseSchedule
+
+__all__ = ["TestBed", "get_testbed", "TESTBEDS", "bed_of_model"]
+
+
+@dataclass(frozen=True)
+class TestBed:
+    """One test bed. See the module docstring for the splits."""
+
+    name: str
+    sample_shape: tuple[int, ...]
+    schedule_config: dict
+    attributes: tuple[str, ...] = ()
+    attribute_classes: dict = field(default_factory=dict)
+    split_seeds: dict = field(default_factory=dict)
+    split_sizes: dict = field(default_factory=dict)
+    tasks: tuple[str, ...] = ()
+    model: str = ""
+    guidance_classifier: str | None = None
+    eval_classifier: str | None = None
+    time_predictor: str | None = None
+
+    __test__ = False  # not a pytest class
+
+    def schedule(self) -> NoiseSchedule:
+        """The bed's training schedule (what its bundled diffusion model was trained with)."""
+        return NoiseSchedule.from_config(self.schedule_config)
+
+    def generator(self, split: str) -> torch.Generator:
+        """A fresh CPU generator seeded with the split's seed (procedural beds)."""
+        if split not in self.split_seeds:
+            raise ValueError(f"split: expected one of {sorted(self.split_seeds)} for bed {self.name!r}, got {split!r}")
+        return torch.Generator().manual_seed(int(self.split_seeds[split]))
+
+    def images(self, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x, labels)`` of ``split``: the first ``n`` items (default: the split's size).
+
+        ``labels`` is ``(N, len(attributes))`` (digit; type, size) or None (gmm2d).
+        """
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ValueError(f"n: expected a positive integer or None, got {n!r}")
+        return _LOADERS[self.name](self, split, n)
+
+    def reference_set(self, which: str = "reference") -> torch.Tensor:
+        """The images (or points) samples are scored against: ``'reference'`` or the ``'floor'``."""
+        if which not in ("reference", "floor"):
+            raise ValueError(f"which: expected 'reference' or 'floor', got {which!r}")
+        return self.images(which)[0]
+
+    def make_task(self, task: str, n: int, seed: int):
+        """The measurement operator of ``task`` for ``n`` samples (masks drawn per ``(seed, sample)``)."""
+        if task not in self.tasks:
+            raise ValueError(f"task: expected one of {list(self.tasks)} for bed {self.name!r}, got {task!r}")
+        return _TASKS[self.name](self, task, n, seed)
+
+    def artifact_masks(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-pixel ground-truth artifact masks ``(N, H, W)`` (boolean) of samples ``x``; beds with an exact fit only."""
+        if self.name != "shapes":
+            raise ValueError(f"bed: {self.name!r} has no ground-truth artifact masks (only 'shapes' has)")
+        from .artifacts.ground_truth import gt_artifact_mask
+
+        return gt_artifact_mask(x)[0]
+
+
+def _digits(bed: TestBed, split: str, n: int | None):
+    from .data.digits import load_digits_split
+
+    name = {"reference": "heldout", "test": "heldout", "classifier-test": "heldout", "floor": "train"}.get(split, split)
+    if name not in ("train", "val", "heldout"):
+        raise ValueError(f"split: expected one of {sorted(bed.split_sizes)} for bed 'digits', got {split!r}")
+    x, y = load_digits_split(name)
+    return (x, y[:, None]) if n is None else (x[:n], y[:n, None])
+
+
+def _shapes(bed: TestBed, split: str, n: int | None):
+    from .data.shapes import sample_shapes
+
+    gen = bed.generator(split)
+    x, p = sample_shapes(bed.split_sizes.get(split, 0) if n is None else n, gen)
+    return x, torch.stack([p.type, p.size], dim=1)
+
+
+def _gmm2d(bed: TestBed, split: str, n: int | None):
+    from .data.gmm2d import sample_gmm2d
+
+    gen = bed.generator(split)
+    return sample_gmm2d(bed.split_sizes.get(split, 0) if n is None else n, gen), None
+
+
+_LOADERS: dict[str, Callable] = {"digits": _digits, "shapes": _shapes, "gmm2d": _gmm2d}
+
+
+def _digits_task(bed: TestBed, task: str, n: int, seed: int):
+    from .operators import Downsample, GaussianBlur, Inpainting, box_masks, random_masks
+
+    if task == "box":
+        return Inpainting(box_masks(n, bed.sample_shape, 4, 0, seed))
+    if task == "random":
+        return Inpainting(random_masks(n, bed.sample_shape, (0.3, 0.7), seed))
+    if task == "sr":
+        return Downsample(2)
+    return GaussianBlur(0.8, 5)
+
+
+def _shapes_task(bed: TestBed, task: str, n: int, seed: int):
+    from .operators import Downsample, GaussianBlur, Inpainting, box_masks, random_masks
+
+    if task == "box":
+        return Inpainting(box_masks(n, bed.sample_shape, 16, 2, seed))
+    if task == "random":
+        return Inpainting(random_masks(n, bed.sample_shape, (0.3, 0.7), seed))
+    if task == "sr":
+        return Downsample(4)
+    return GaussianBlur(1.5, 9)
+
+
+_TASKS: dict[str, Callable] = {"digits": _digits_task, "shapes": _shapes_task}
+
+_PIXEL_SCHEDULE = {"kind": "linear", "num_train_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+
+TESTBEDS: dict[str, TestBed] = {
+    "gmm2d": TestBed(
+        name="gmm2d",
+        sample_shape=(2,),
+        schedule_config={"kind": "linear", "num_train_steps": 100, "beta_start": 1e-3, "beta_end": 0.2},
+        split_seeds={"reference": 777, "floor": 778, "classifier-test": 777},
+        split_sizes={"reference": 2000, "floor": 2000, "classifier-test": 2000},
+        model="gmm2d-mlp",
+        time_predictor="gmm2d-time",
+    ),
+    "digits": TestBed(
+        name="digits",
+        sample_shape=(1, 8, 8),
+        schedule_config=_PIXEL_SCHEDULE,
+        attributes=("digit",),
+        attribute_classes={"digit": 10},
+        split_sizes={"train": 1197, "val": 200, "test": 400, "reference": 400, "floor": 1197, "classifier-test": 400},
+        tasks=("box", "random", "sr", "blur"),
+        model="digits-unet",
+        guidance_classifier="digits-classifier",
+        eval_classifier="digits-eval-classifier",
+        time_predictor="digits-time",
+    ),
+    "shapes": TestBed(
+        name="shapes",
+        sample_shape=(1, 32, 32),
+        schedule_config=_PIXEL_SCHEDULE,
+        attributes=("type", "size"),
+        attribute_classes={"type": 3, "size": 3},
+        split_seeds={"val": 555, "test": 777, "reference": 777, "floor": 778, "classifier-test": 12345,
+                     "attribute-pool": 4242, "ground-truth-check": 778},
+        split_sizes={"reference": 2000, "floor": 2000, "classifier-test": 1000, "attribute-pool": 6000, "ground-truth-check": 1000},
+        tasks=("box", "random", "sr", "blur"),
+        model="shapes-unet",
+        guidance_classifier="shapes-classifier",
+        eval_classifier="shapes-eval-classifier",
+        time_predictor="shapes-time",
+    ),
+}
+
+
+def get_testbed(name: str) -> TestBed:
+    """The registered test bed ``name`` ('gmm2d', 'digits', 'shapes')."""
+    if name not in TESTBEDS:
+        raise ValueError(f"bed: expected one of {sorted(TESTBEDS)}, got {name!r}")
+    return TESTBEDS[name]
+
+
+def bed_of_model(name: str, sample_shape: tuple[int, ...] | None = None) -> str | None:
+    """The test bed of a bundled model name, or guessed from a sample shape; None if unknown."""
+    for bed in TESTBEDS.values():
+        if name == bed.model:
+            return bed.name
+    for bed in TESTBEDS.values():
+        if sample_shape is not None and tuple(sample_shape) == bed.sample_shape:
+            return bed.name
+    return None
