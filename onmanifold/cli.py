@@ -59,7 +59,33 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay)")
     tp.add_argument("--widths", type=int, nargs=4, default=[16, 32, 64, 128], help="TimeCNN channels of the four blocks (paper: 32 64 128 256)")
     tp.add_argument("--seed", type=int, default=3, help="random seed")
-    for a in (td, tc, tp):
+    ta = trs.add_parser("autoencoder", help="the AutoencoderKL of the latent shapes model (32x32 -> 4x8x8)", formatter_class=fmt,
+                        description="Train the shapes autoencoder (reconstruction + small KL loss, EMA weights); its config records "
+                                    "scaling_factor = 1/std of the latents, as Stable Diffusion does.")
+    ta.add_argument("--out", required=True, help="output folder (diffusers AutoencoderKL layout)")
+    ta.add_argument("--steps", type=int, default=1500, help="optimiser steps")
+    ta.add_argument("--batch-size", type=int, default=32, help="batch size")
+    ta.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    ta.add_argument("--kl-weight", type=float, default=1e-4, help="weight of the KL term against the per-image squared error")
+    tl = trs.add_parser("latent-diffusion", help="the conditional latent UNet of the shapes bed (Stable Diffusion folder layout)", formatter_class=fmt,
+                        description="Train a UNet2DConditionModel on the autoencoder's latents, conditioned on a two-token prompt embedding "
+                                    "(type, size) with condition dropout for classifier-free guidance; writes model_index.json, unet/, vae/, "
+                                    "scheduler/ and prompt_embeddings.* into OUT.")
+    tl.add_argument("--vae", required=True, help="the autoencoder folder written by `onmanifold train autoencoder`")
+    tl.add_argument("--out", required=True, help="output folder (Stable Diffusion layout)")
+    tl.add_argument("--steps", type=int, default=5000, help="optimiser steps")
+    tl.add_argument("--batch-size", type=int, default=64, help="batch size")
+    tl.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate")
+    tl.add_argument("--cond-dropout", type=float, default=0.1, help="probability of dropping the whole prompt (null embedding)")
+    tl.add_argument("--token-dropout", type=float, default=0.1, help="probability of dropping each attribute token")
+    tl.add_argument("--num-latents", type=int, default=30000, help="fresh shapes encoded once (posterior mean and std) to train on")
+    tl.add_argument("--float32", action="store_true", help="ship float32 weights (default: float16)")
+    for a in (ta, tl):
+        a.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
+        a.add_argument("--seed", type=int, default=0, help="random seed")
+        a.add_argument("--save-every", type=int, default=250, help="write the resumable training state every this many steps (0: never)")
+        a.add_argument("--resume", action="store_true", help="continue from OUT/training-state.pt when it exists")
+    for a in (td, tc, tp, ta, tl):
         a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -152,6 +178,19 @@ def _dispatch(args, argv: list[str]) -> int:
             out = train_diffusion(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
                                   seed=args.seed, save_every=args.save_every, command=cmd, progress=progress, resume=args.resume,
                                   unet_overrides=None if args.block_out_channels is None else {"block_out_channels": tuple(args.block_out_channels)})
+        elif args.what == "autoencoder":
+            from .train_latent import train_autoencoder
+
+            out = train_autoencoder(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
+                                    ema_decay=args.ema_decay, seed=args.seed, save_every=args.save_every, resume=args.resume,
+                                    command=cmd, progress=progress)
+        elif args.what == "latent-diffusion":
+            from .train_latent import train_latent_diffusion
+
+            out = train_latent_diffusion(args.vae, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                         ema_decay=args.ema_decay, cond_dropout=args.cond_dropout, token_dropout=args.token_dropout,
+                                         num_latents=args.num_latents, seed=args.seed, save_every=args.save_every, resume=args.resume,
+                                         half=not args.float32, command=cmd, progress=progress)
         elif args.what == "time-predictor":
             from .train import train_time_predictor
 
