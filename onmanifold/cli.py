@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     trs = tr.add_subparsers(dest="what", required=True, metavar="WHAT")
     td = trs.add_parser("diffusion", help="an eps-prediction diffusion model", formatter_class=fmt,
                         description="Train the eps-prediction diffusion model of a test bed (EMA weights are saved).")
-    td.add_argument("--bed", required=True, choices=["gmm2d", "digits", "shapes"], help="test bed")
+    td.add_argument("--bed", required=True, choices=["gmm2d", "digits", "shapes", "mosaic"], help="test bed")
     td.add_argument("--out", required=True, help="output folder (diffusers pipeline layout for UNets)")
     td.add_argument("--steps", type=int, default=6000, help="optimiser steps")
     td.add_argument("--batch-size", type=int, default=128, help="batch size")

@@ -90,8 +90,13 @@ class TestBed:
 
     def artifact_masks(self, x: torch.Tensor) -> torch.Tensor:
         """Per-pixel ground-truth artifact masks ``(N, H, W)`` (boolean) of samples ``x``; beds with an exact fit only."""
+        if self.name == "mosaic":
+            from .artifacts.ground_truth import deviation_artifact_mask
+            from .data.mosaic import fit_mosaic
+
+            return deviation_artifact_mask(fit_mosaic(x).deviation[:, 0])[0]
         if self.name != "shapes":
-            raise ValueError(f"bed: {self.name!r} has no ground-truth artifact masks (only 'shapes' has)")
+            raise ValueError(f"bed: {self.name!r} has no ground-truth artifact masks (only 'shapes' and 'mosaic' have)")
         from .artifacts.ground_truth import gt_artifact_mask
 
         return gt_artifact_mask(x)[0]
@@ -122,7 +127,14 @@ def _gmm2d(bed: TestBed, split: str, n: int | None):
     return sample_gmm2d(bed.split_sizes.get(split, 0) if n is None else n, gen), None
 
 
-_LOADERS: dict[str, Callable] = {"digits": _digits, "shapes": _shapes, "gmm2d": _gmm2d}
+def _mosaic(bed: TestBed, split: str, n: int | None):
+    from .data.mosaic import sample_mosaic
+
+    gen = bed.generator(split)
+    return sample_mosaic(bed.split_sizes.get(split, 0) if n is None else n, gen)[0], None
+
+
+_LOADERS: dict[str, Callable] = {"digits": _digits, "shapes": _shapes, "gmm2d": _gmm2d, "mosaic": _mosaic}
 
 
 def _digits_task(bed: TestBed, task: str, n: int, seed: int):
@@ -149,7 +161,19 @@ def _shapes_task(bed: TestBed, task: str, n: int, seed: int):
     return GaussianBlur(1.5, 9)
 
 
-_TASKS: dict[str, Callable] = {"digits": _digits_task, "shapes": _shapes_task}
+def _mosaic_task(bed: TestBed, task: str, n: int, seed: int):
+    from .operators import Downsample, GaussianBlur, Inpainting, box_masks, random_masks
+
+    if task == "box":  # a 24x24 hole: at least one whole 16x16 tile is missing
+        return Inpainting(box_masks(n, bed.sample_shape, 24, 4, seed))
+    if task == "random":
+        return Inpainting(random_masks(n, bed.sample_shape, (0.3, 0.7), seed))
+    if task == "sr":
+        return Downsample(4)
+    return GaussianBlur(1.5, 9)
+
+
+_TASKS: dict[str, Callable] = {"digits": _digits_task, "shapes": _shapes_task, "mosaic": _mosaic_task}
 
 _PIXEL_SCHEDULE = {"kind": "linear", "num_train_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
@@ -191,11 +215,22 @@ TESTBEDS: dict[str, TestBed] = {
         eval_classifier="shapes-eval-classifier",
         time_predictor="shapes-time",
     ),
+    # 64x64 frame-filling mosaics (onmanifold.data.mosaic): 4x4 tiles, one shape on a gradient each;
+    # the train stream is drawn from the training seed (train_diffusion's ``seed``, 0)
+    "mosaic": TestBed(
+        name="mosaic",
+        sample_shape=(1, 64, 64),
+        schedule_config=_PIXEL_SCHEDULE,
+        split_seeds={"val": 1555, "test": 1777, "reference": 1777, "floor": 1778, "ground-truth-check": 1779},
+        split_sizes={"val": 256, "test": 256, "reference": 1000, "floor": 1000, "ground-truth-check": 1000},
+        tasks=("box", "random", "sr", "blur"),
+        model="mosaic-unet",
+    ),
 }
 
 
 def get_testbed(name: str) -> TestBed:
-    """The registered test bed ``name`` ('gmm2d', 'digits', 'shapes')."""
+    """The registered test bed ``name`` ('gmm2d', 'digits', 'shapes', 'mosaic')."""
     if name not in TESTBEDS:
         raise ValueError(f"bed: expected one of {sorted(TESTBEDS)}, got {name!r}")
     return TESTBEDS[name]

@@ -63,7 +63,11 @@ def _data_sampler(bed: str, generator: torch.Generator):
         from .data.gmm2d import sample_gmm2d
 
         return lambda b: (sample_gmm2d(b, generator), None)
-    raise ValueError(f"bed: expected 'gmm2d', 'digits' or 'shapes', got {bed!r}")
+    if bed == "mosaic":  # full 64x64 mosaics (no crops: the tile grid stays where the model saw it)
+        from .data.mosaic import sample_mosaic
+
+        return lambda b: (sample_mosaic(b, generator)[0], None)
+    raise ValueError(f"bed: expected 'gmm2d', 'digits', 'shapes' or 'mosaic', got {bed!r}")
 
 
 def train_diffusion(

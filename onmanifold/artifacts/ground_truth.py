@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gt_artifact_mask", "open_mask", "GT_THRESHOLD", "GT_BLOCK", "GT_MIN_PIXELS"]
+__all__ = ["gt_artifact_mask", "deviation_artifact_mask", "open_mask", "GT_THRESHOLD", "GT_BLOCK", "GT_MIN_PIXELS"]
 
 GT_THRESHOLD = 0.5
 GT_BLOCK = 2
@@ -44,11 +44,31 @@ def gt_artifact_mask(x: torch.Tensor, threshold: float = GT_THRESHOLD, block: in
     """``(G (n, 32, 32) bool, has_artifact (n,) bool)`` for shapes samples ``x`` ``(n, 1, 32, 32)`` (module docstring)."""
     from ..data.shapes import fit_shapes
 
+    _check_mask_options(block, min_pixels)
+    fit = fit_shapes(x, threshold=threshold, min_pixels=1)
+    return deviation_artifact_mask(fit.deviation[:, 0], threshold, block, min_pixels)
+
+
+def deviation_artifact_mask(deviation: torch.Tensor, threshold: float = GT_THRESHOLD, block: int = GT_BLOCK,
+                            min_pixels: int = GT_MIN_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(G (n, H, W) bool, has_artifact (n,) bool)`` from the deviation ``|x - fit(x)|`` ``(n, H, W)`` of any exact fit.
+
+    ``G = open_{block x block}(deviation > threshold)``, kept only where it has at least ``min_pixels``
+    pixels (module docstring). Shared by every bed with an exact fit (shapes; mosaic,
+    :func:`onmanifold.data.mosaic.fit_mosaic`).
+    """
+    _check_mask_options(block, min_pixels)
+    if threshold <= 0:
+        raise ValueError(f"threshold: expected > 0, got {threshold}")
+    if deviation.dim() != 3:
+        raise ValueError(f"deviation: expected shape (n, H, W), got {tuple(deviation.shape)}")
+    g = open_mask(deviation > threshold, block)
+    has = g.flatten(1).sum(1) >= min_pixels
+    return g & has[:, None, None], has
+
+
+def _check_mask_options(block: int, min_pixels: int) -> None:
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ValueError(f"block: expected an integer >= 1, got {block!r}")
     if isinstance(min_pixels, bool) or not isinstance(min_pixels, int) or min_pixels < 1:
         raise ValueError(f"min_pixels: expected an integer >= 1, got {min_pixels!r}")
-    fit = fit_shapes(x, threshold=threshold, min_pixels=1)
-    g = open_mask(fit.mask[:, 0], block)
-    has = g.flatten(1).sum(1) >= min_pixels
-    return g & has[:, None, None], has

@@ -34,6 +34,7 @@ __all__ = [
     "render_shapes",
     "sample_shapes",
     "fit_shapes",
+    "shape_templates",
 ]
 
 IMAGE_SIZE = 32
@@ -75,14 +76,26 @@ class ShapeFit:
 @lru_cache(maxsize=1)
 def _templates() -> torch.Tensor:
     """``(3 types * 3 sizes, 1, K, K)`` anti-aliased templates centred in a K x K kernel (float64)."""
-    K, s = _KERNEL, _SUPERSAMPLE
+    return shape_templates(HALF_EXTENTS, _KERNEL)
+
+
+def shape_templates(half_extents: tuple[int, ...], kernel: int) -> torch.Tensor:
+    """``(3 types * len(half_extents), 1, kernel, kernel)`` anti-aliased templates (float64), type-major.
+
+    Template ``type * len(half_extents) + size`` is the shape of half-extent ``half_extents[size]``
+    centred on the middle pixel of an odd ``kernel x kernel`` grid, 4x4 super-sampled (values in [0, 1]).
+    Also the object family of the ``mosaic`` bed (:mod:`onmanifold.data.mosaic`).
+    """
+    if kernel % 2 != 1 or kernel < 2 * max(half_extents) + 3:
+        raise ValueError(f"kernel: expected an odd size >= 2 * max(half_extents) + 3, got {kernel}")
+    K, s = kernel, _SUPERSAMPLE
     c = (K - 1) / 2
     # sub-pixel sample coordinates relative to the centre pixel
     u = (torch.arange(K * s, dtype=torch.float64) + 0.5) / s - 0.5 - c
     yy, xx = torch.meshgrid(u, u, indexing="ij")
     out = []
     for shape in range(len(TYPE_NAMES)):
-        for r in HALF_EXTENTS:
+        for r in half_extents:
             if shape == 0:
                 m = (yy**2 + xx**2) <= (r + 0.5) ** 2
             elif shape == 1:

@@ -221,10 +221,10 @@ class TimeMLP(nn.Module):
 
 
 def unet_config(bed: str) -> dict:
-    """The diffusers ``UNet2DModel`` configuration of a test bed ('digits' or 'shapes').
+    """The diffusers ``UNet2DModel`` configuration of a test bed ('digits', 'shapes' or 'mosaic').
 
     Sized for CPU training: digits ~0.7 M parameters (8 -> 4, attention at 4x4), shapes ~1.1 M
-    (32 -> 16 -> 8 -> 4, attention at 4x4).
+    (32 -> 16 -> 8 -> 4, attention at 4x4), mosaic ~2.5 M (64 -> 32 -> 16 -> 8, no attention).
     """
     if bed == "digits":
         return dict(
@@ -248,4 +248,15 @@ def unet_config(bed: str) -> dict:
             up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D"),
             norm_num_groups=8,
         )
-    raise ValueError(f"bed: expected 'digits' or 'shapes', got {bed!r}")
+    if bed == "mosaic":  # fully convolutional (no attention), 64 -> 32 -> 16 -> 8, ~2.5 M parameters
+        return dict(
+            sample_size=64,
+            in_channels=1,
+            out_channels=1,
+            layers_per_block=1,
+            block_out_channels=(16, 32, 64, 128),
+            down_block_types=("DownBlock2D",) * 4,
+            up_block_types=("UpBlock2D",) * 4,
+            norm_num_groups=8,
+        )
+    raise ValueError(f"bed: expected 'digits', 'shapes' or 'mosaic', got {bed!r}")
