@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .schedule import NoiseSchedule, StepCoefficients
 
-__all__ = ["SamplerPlugin", "RunContext", "StepState", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed"]
+__all__ = ["SamplerPlugin", "RunContext", "StepState", "StepPrediction", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed"]
 
 
 def per_sample_seed(seed: int, index: int) -> int:
@@ -187,6 +187,79 @@ class StepState:
         """Uniform [0, 1) noise shaped like ``x`` from the per-sample generators."""
         return self.rng.rand(x.shape[1:], dtype=x.dtype)
 
+    # ------------------------------------------------------------------ the step algebra (one home)
+    def abar_at(self, t: int | torch.Tensor | None = None, dtype: torch.dtype | None = None) -> float | torch.Tensor:
+        """``abar`` of the model time: the step's (per sample after :meth:`set_time_per_sample`) when ``t`` is
+        None, else of training step ``t`` (an int, or a ``LongTensor[B]`` giving a ``(B, 1, ...)`` tensor)."""
+        if t is None:
+            return self.coeffs.abar_t if self.abar_t_batch is None else self.abar_t_batch
+        if torch.is_tensor(t) and t.dim() > 0:
+            if t.shape != (self.batch_size,):
+                raise ValueError(f"t: expected one training step per sample, shape ({self.batch_size},), got {tuple(t.shape)}")
+            a = self.sampler.schedule.abar(t, self.x_t.dtype if dtype is None else dtype)
+            return a.reshape(-1, *([1] * (self.x_t.dim() - 1)))
+        return float(self.sampler.schedule.alphas_cumprod[int(t)])
+
+    def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, t: int | torch.Tensor | None = None, clamp: bool | None = None) -> torch.Tensor:
+        """``x0_hat = (x - sqrt(1 - a) eps) / sqrt(a)`` at the model time (``t``: :meth:`abar_at`).
+
+        Clamped to the data range when the sampler clamps (``clamp=None``); ``clamp=False`` gives the
+        unclamped Tweedie estimate (what losses with ``clamp_x0 = False`` see).
+        """
+        return self.sampler.x0_from_eps(x, eps, self.abar_at(t, x.dtype), clamp)
+
+    def eps_from_x0(self, x: torch.Tensor, x0: torch.Tensor, t: int | torch.Tensor | None = None) -> torch.Tensor:
+        """``eps_hat = (x - sqrt(a) x0) / sqrt(1 - a)`` at the model time (``t``: :meth:`abar_at`)."""
+        return self.sampler.eps_from_x0(x, x0, self.abar_at(t, x.dtype))
+
+    def predict(
+        self, x: torch.Tensor, eps: torch.Tensor | None = None, x0: torch.Tensor | None = None, t: int | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x0_hat, eps_hat, mu)`` at the point ``x`` from a given ``eps`` or a given ``x0`` (exactly one).
+
+        From ``eps``: :meth:`DDIMSampler.mean_from_eps` (``x0_hat`` clamped when the sampler clamps).
+        From ``x0``: ``x0`` is used as given, ``eps_hat`` is derived from it and ``mu`` is the step mean
+        (:meth:`DDIMSampler.mean_from_x0`). ``t`` (default: the model time of the step, per sample after a
+        time shift) sets ``abar_t``; ``abar_prev`` and ``sigma`` are always the step's.
+        """
+        if (eps is None) == (x0 is None):
+            raise ValueError("eps, x0: give exactly one of them")
+        a = self.abar_at(t, x.dtype)
+        if eps is not None:
+            return self.sampler.mean_from_eps(x, eps, self.coeffs, a)
+        return self.sampler.mean_from_x0(x, x0, self.coeffs, a)
+
+    def model_times(self, t: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The ``LongTensor[B]`` of training steps a network call at ``t`` uses (default: :meth:`model_t`)."""
+        if t is None:
+            return self.model_t()
+        if torch.is_tensor(t) and t.dim() > 0:
+            return t.to(torch.long)
+        return self.t_tensor(int(t))
+
+    def model_at(self, x: torch.Tensor, t: int | torch.Tensor | None = None) -> "StepPrediction":
+        """One extra network call at the point ``x`` and time ``t``: ``(eps, x0_hat, eps_hat, mu)``.
+
+        ``t``: None (the step's model time, per sample after a time shift), an int or a ``LongTensor[B]``;
+        ``x0_hat``/``eps_hat``/``mu`` use that time's ``abar`` and the step's ``abar_prev``/``sigma``
+        (:meth:`predict`). Runs under the caller's grad mode; counts nothing (plugins count their own calls).
+        """
+        eps = self.model(x, self.model_times(t), self.cond)
+        return StepPrediction(eps, *self.predict(x, eps=eps, t=t))
+
+    def loss_gradient_at(self, loss_fn: Callable, x: torch.Tensor, t: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(g, L)`` at another point: ``g = grad_x sum_b L_b(x0_hat(x))`` through one extra network call at ``(x, t)``.
+
+        ``x0_hat`` is the one :meth:`loss_gradient` would use at ``x``: clamped like the sampler's, or the
+        unclamped Tweedie estimate for a loss with ``clamp_x0 = False``. Not cached. Raises
+        ``FloatingPointError`` on a non-finite loss or gradient.
+        """
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            eps = self.model(xg, self.model_times(t), self.cond)
+            x0 = self.x0_from_eps(xg, eps, t, clamp=None if getattr(loss_fn, "clamp_x0", True) is not False else False)
+            return self._loss_and_gradient(loss_fn, x0, xg, retain_graph=False)
+
     def set_eps(self, eps: torch.Tensor) -> None:
         """Replace ``eps`` and recompute ``x0_hat``, ``eps_hat`` and ``mu`` from it.
 
@@ -195,14 +268,7 @@ class StepState:
         """
         self.eps = eps
         with torch.set_grad_enabled(self.x_t_graph is not None):  # keep the gradient island's graph (loss guidance)
-            self.x0_hat, self.eps_hat, self.mu = self.sampler.mean_from_eps(
-                self.x_t_graph if self.x_t_graph is not None else self.x_t, eps, self.coeffs, self.abar_t_batch
-            )
-
-    def tweedie_x0(self, x_t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """The unclamped Tweedie estimate ``(x_t - sqrt(1 - a) eps) / sqrt(a)`` at this step's ``abar`` (per sample after a time shift)."""
-        a = self.coeffs.abar_t if self.abar_t_batch is None else self.abar_t_batch
-        return (x_t - _sqrt(1 - a) * eps) / _sqrt(a)
+            self.x0_hat, self.eps_hat, self.mu = self.predict(self.x_t_graph if self.x_t_graph is not None else self.x_t, eps=eps)
 
     def loss_gradient(self, loss_fn: Callable, key: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(g, L)``: ``g = grad_{x_t} sum_b L_b(x0_hat(x_t))`` through the network, and the per-sample losses ``L``.
@@ -211,13 +277,11 @@ class StepState:
         callable ``x0_hat -> (B,)``.
 
         The loss sees the (clamped) ``x0_hat`` of the sampler's mean, or the unclamped Tweedie estimate
-        when the loss has ``clamp_x0 = False`` (classifier and feature losses; DSG spec, ambiguity 1).
+        when the loss has ``clamp_x0 = False`` (classifier and feature losses; docs/methods/dsg.md#D11).
         Computed once per step and ``key`` (default: the loss object) and shared by every plugin that
         asks (DPS and DSG share it). Needs a plugin whose :meth:`SamplerPlugin.needs_grad` is true for
         this step. Raises ``FloatingPointError`` on a non-finite loss or gradient.
         """
-        from .losses import call_loss
-
         key = id(loss_fn) if key is None else key
         cached = self.cache.get(("loss_gradient", key))
         if cached is not None:
@@ -229,18 +293,33 @@ class StepState:
         with torch.enable_grad():
             x0 = self.x0_hat
             if getattr(loss_fn, "clamp_x0", True) is False:  # e.g. classifier losses see the unclamped Tweedie estimate
-                x0 = self.tweedie_x0(self.x_t_graph, self.eps)
-            losses = call_loss(loss_fn, x0, self.rows)
-            if losses.dim() != 1 or losses.shape[0] != self.batch_size:
-                raise ValueError(f"loss_fn: expected per-sample losses of shape ({self.batch_size},), got {tuple(losses.shape)}")
-            if not torch.isfinite(losses).all():
-                raise FloatingPointError(f"loss_fn: non-finite loss at step t={self.t} for samples {_bad(losses, self.sample_indices)}")
-            (g,) = torch.autograd.grad(losses.sum(), self.x_t_graph, retain_graph=True)
-        if not torch.isfinite(g).all():
-            raise FloatingPointError(f"loss gradient: non-finite at step t={self.t} for samples {_bad(g, self.sample_indices)}")
-        out = (g.detach(), losses.detach())
+                x0 = self.x0_from_eps(self.x_t_graph, self.eps, clamp=False)
+            out = self._loss_and_gradient(loss_fn, x0, self.x_t_graph, retain_graph=True)
         self.cache[("loss_gradient", key)] = out
         return out
+
+    def _loss_and_gradient(self, loss_fn: Callable, x0: torch.Tensor, leaf: torch.Tensor, retain_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample losses at ``x0`` (checked) and their summed gradient w.r.t. ``leaf`` (checked), detached."""
+        from .losses import call_loss
+
+        losses = call_loss(loss_fn, x0, self.rows)
+        if losses.dim() != 1 or losses.shape[0] != self.batch_size:
+            raise ValueError(f"loss_fn: expected per-sample losses of shape ({self.batch_size},), got {tuple(losses.shape)}")
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(f"loss_fn: non-finite loss at step t={self.t} for samples {_bad(losses, self.sample_indices)}")
+        (g,) = torch.autograd.grad(losses.sum(), leaf, retain_graph=retain_graph)
+        if not torch.isfinite(g).all():
+            raise FloatingPointError(f"loss gradient: non-finite at step t={self.t} for samples {_bad(g, self.sample_indices)}")
+        return g.detach(), losses.detach()
+
+
+class StepPrediction(NamedTuple):
+    """What a network call at a point gives: ``eps`` and the step algebra's ``(x0_hat, eps_hat, mu)`` from it."""
+
+    eps: torch.Tensor
+    x0_hat: torch.Tensor
+    eps_hat: torch.Tensor
+    mu: torch.Tensor
 
 
 def _sqrt(v):
@@ -291,8 +370,11 @@ class DDIMSampler:
         num_steps: sampling steps ``N`` (``N = T`` and ``eta = 1`` is ancestral DDPM, fixed-small variance).
         eta: 0 deterministic DDIM, 1 ancestral.
         spacing: respacing rule (:meth:`NoiseSchedule.timesteps`).
-        clamp_x0: clamp ``x0_hat`` to ``data_range`` (then ``eps_hat`` is recomputed from it).
-        data_range: the data range, default ``(-1, 1)``.
+        clamp_x0: clamp ``x0_hat`` to ``data_range`` (then ``eps_hat`` is recomputed from it). Default
+            (None): clamp when there is a data range — and never for a model whose data has none
+            (``model.data_range is None``, e.g. latents, :class:`~onmanifold.latent.LatentDiffusionModel`):
+            clamping is a property of the model's data, not a default a latent run inherits.
+        data_range: the data range, default ``(-1, 1)``; None: the data has no range (no clamping).
         timesteps: explicit descending training indices (overrides ``num_steps``/``spacing``).
         micro_batch: if set, the model is evaluated in micro-batches of exactly this size
             (:class:`~onmanifold.model.FixedMicroBatch`), so samples are bit-identical whatever the
@@ -306,21 +388,26 @@ class DDIMSampler:
         num_steps: int = 50,
         eta: float = 0.0,
         spacing: str = "leading",
-        clamp_x0: bool = True,
-        data_range: tuple[float, float] = (-1.0, 1.0),
+        clamp_x0: bool | None = None,
+        data_range: tuple[float, float] | None = (-1.0, 1.0),
         timesteps: Sequence[int] | None = None,
         micro_batch: int | None = None,
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a NoiseSchedule, got {type(schedule).__name__}")
-        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
-            raise ValueError(f"eta: expected a finite number >= 0, got {eta!r}")
-        if data_range[0] >= data_range[1]:
+        if isinstance(eta, bool) or not (isinstance(eta, (int, float)) and math.isfinite(eta) and 0 <= eta <= 1):
+            # eta > 1 is no DDIM variance: sigma_t^2 can exceed 1 - abar_prev and the eps weight of the mean is imaginary
+            raise ValueError(f"eta: expected a number in [0, 1] (0 deterministic DDIM, 1 ancestral; above 1 sigma_t^2 can exceed "
+                             f"1 - abar_prev, no valid DDIM variance), got {eta!r}")
+        if data_range is not None and data_range[0] >= data_range[1]:
             raise ValueError(f"data_range: expected (low, high) with low < high, got {data_range}")
+        if clamp_x0 and data_range is None:
+            raise ValueError("clamp_x0: True needs a data_range to clamp to, got data_range=None")
         self.schedule = schedule
         self.eta = float(eta)
-        self.clamp_x0 = bool(clamp_x0)
-        self.data_range = (float(data_range[0]), float(data_range[1]))
+        self._clamp_requested = clamp_x0
+        self.clamp_x0 = (data_range is not None) if clamp_x0 is None else bool(clamp_x0)
+        self.data_range = None if data_range is None else (float(data_range[0]), float(data_range[1]))
         if timesteps is None:
             self.timesteps = schedule.timesteps(num_steps, spacing)
         else:
@@ -334,6 +421,11 @@ class DDIMSampler:
             raise ValueError(f"micro_batch: expected a positive integer or None, got {micro_batch!r}")
         self.micro_batch = micro_batch
 
+    def without_clamping(self) -> "DDIMSampler":
+        """The same sampler (schedule, timesteps, eta, micro-batching) for data without a range: ``x0_hat`` never clamped."""
+        return DDIMSampler(self.schedule, eta=self.eta, spacing=self.spacing, clamp_x0=False, data_range=None,
+                           timesteps=self.timesteps, micro_batch=self.micro_batch)
+
     @property
     def stochastic(self) -> bool:
         """True when some step injects noise (``sigma_t > 0``)."""
@@ -345,28 +437,44 @@ class DDIMSampler:
         t_prev = self.timesteps[position + 1] if position + 1 < self.num_steps else -1
         return self.schedule.step_coefficients(t_cur, t_prev, self.eta)
 
-    def mean_from_eps(
-        self, x_t: torch.Tensor, eps: torch.Tensor, c: StepCoefficients, abar_t: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(x0_hat, eps_hat, mu)`` of the step (formulas in the module docstring).
+    # ------------------------------------------------------------------ the step algebra (formulas in the module docstring)
+    def x0_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, abar_t: float | torch.Tensor, clamp: bool | None = None) -> torch.Tensor:
+        """``x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a)``, clamped to ``data_range`` if ``clamp`` (default: ``clamp_x0``)."""
+        x0 = (x_t - _sqrt(1 - abar_t) * eps) / _sqrt(abar_t)
+        if self.clamp_x0 if clamp is None else clamp:
+            x0 = x0.clamp(*self.data_range)
+        return x0
 
-        ``abar_t`` (``(B, 1, ...)``) replaces ``c.abar_t`` per sample (time-shifted model calls).
+    @staticmethod
+    def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float | torch.Tensor) -> torch.Tensor:
+        """``eps_hat = (x_t - sqrt(a) x0) / sqrt(1 - a)``."""
+        return (x_t - _sqrt(abar_t) * x0) / _sqrt(1 - abar_t)
+
+    @staticmethod
+    def step_mean(x0: torch.Tensor, eps_hat: torch.Tensor, c: StepCoefficients) -> torch.Tensor:
+        """``mu = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat``."""
+        return math.sqrt(c.abar_prev) * x0 + c.mean_eps_coeff * eps_hat
+
+    def mean_from_eps(
+        self, x_t: torch.Tensor, eps: torch.Tensor, c: StepCoefficients, abar_t: float | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x0_hat, eps_hat, mu)`` of the step from the network's ``eps`` (formulas in the module docstring).
+
+        ``abar_t`` (a float or ``(B, 1, ...)``) replaces ``c.abar_t`` (time-shifted model calls). With
+        clamping ``eps_hat`` is re-derived from the clamped ``x0_hat``; without it ``eps_hat = eps``.
         """
         a = c.abar_t if abar_t is None else abar_t
-        sa, s1a = _sqrt(a), _sqrt(1 - a)
-        x0 = (x_t - s1a * eps) / sa
-        if self.clamp_x0:
-            x0 = x0.clamp(*self.data_range)
-            eps_hat = (x_t - sa * x0) / s1a
-        else:
-            eps_hat = eps
-        mu = math.sqrt(c.abar_prev) * x0 + c.mean_eps_coeff * eps_hat
-        return x0, eps_hat, mu
+        x0 = self.x0_from_eps(x_t, eps, a)
+        eps_hat = self.eps_from_x0(x_t, x0, a) if self.clamp_x0 else eps
+        return x0, eps_hat, self.step_mean(x0, eps_hat, c)
 
-    def denoise(self, model: Callable, x_t: torch.Tensor, t: int, coeffs: StepCoefficients, cond: Any = None):
-        """``(eps, x0_hat, eps_hat, mu)`` at ``x_t`` (helper for plugins that need an extra model call)."""
-        eps = model(x_t, torch.full((x_t.shape[0],), int(t), dtype=torch.long), cond)
-        return (eps, *self.mean_from_eps(x_t, eps, coeffs))
+    def mean_from_x0(
+        self, x_t: torch.Tensor, x0: torch.Tensor, c: StepCoefficients, abar_t: float | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x0, eps_hat, mu)`` of the step from a given clean estimate ``x0`` (used as given, not clamped)."""
+        a = c.abar_t if abar_t is None else abar_t
+        eps_hat = self.eps_from_x0(x_t, x0, a)
+        return x0, eps_hat, self.step_mean(x0, eps_hat, c)
 
     # ------------------------------------------------------------------ the loop
     def sample(
@@ -393,7 +501,19 @@ class DDIMSampler:
         ``batch_size`` splits the work into chunks without changing the samples (per-sample seeding).
         ``cond`` is a tensor with one row per sample (chunked along) or any object passed as is.
         ``callback(state)`` is called after every step (k-diffusion style monitoring).
+
+        A model whose data has no range (``model.data_range is None``: latents) is never clamped: a
+        sampler left at the default ``clamp_x0`` runs it as :meth:`without_clamping`; an explicit
+        ``clamp_x0=True`` raises ``ValueError``.
         """
+        if self.clamp_x0 and getattr(model, "data_range", ()) is None:
+            if self._clamp_requested:
+                raise ValueError("clamp_x0: the model's data has no range (latents); nothing to clamp x0_hat to. "
+                                 "Leave clamp_x0 unset or pass clamp_x0=False")
+            return self.without_clamping().sample(
+                model, x_T, shape=shape, num_samples=num_samples, seed=seed, generator=generator, first_index=first_index,
+                plugins=plugins, cond=cond, batch_size=batch_size, progress=progress, callback=callback,
+            )
         if x_T is None:
             if shape is None or num_samples is None:
                 raise ValueError("x_T or (shape, num_samples): give a starting tensor, or a per-sample shape and a sample count")
@@ -465,10 +585,10 @@ class DDIMSampler:
                     with torch.enable_grad():
                         state.x_t_graph = state.x_t.detach().requires_grad_(True)
                         state.eps = model(state.x_t_graph, state.model_t(), cond)
-                        state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t_graph, state.eps, state.coeffs, state.abar_t_batch)
+                        state.x0_hat, state.eps_hat, state.mu = state.predict(state.x_t_graph, eps=state.eps)
                 else:
                     state.eps = model(state.x_t, state.model_t(), cond)
-                    state.x0_hat, state.eps_hat, state.mu = self.mean_from_eps(state.x_t, state.eps, state.coeffs, state.abar_t_batch)
+                    state.x0_hat, state.eps_hat, state.mu = state.predict(state.x_t, eps=state.eps)
                 if not torch.isfinite(state.eps).all():
                     raise FloatingPointError(
                         f"model returned NaN/Inf at step {pos} of {self.num_steps} (t={state.t}) for samples {_bad(state.eps, indices)}"

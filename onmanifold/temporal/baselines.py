@@ -89,12 +89,9 @@ class TimeCorrectionSampler(SamplerPlugin):
         if not bool(hit.any()):
             return
         self.extra_model_calls += 1
-        sampler = state.sampler
-        a_hat = _per_sample(sampler.schedule.abar(t_hat, x.dtype), x)
-        eps = state.model(x, t_hat, state.cond)
-        x0 = (x - (1 - a_hat).sqrt() * eps) / a_hat.sqrt()
-        if sampler.clamp_x0:  # clamp the clean estimate but keep the network's eps (spec): re-deriving eps from the
-            x0 = x0.clamp(*sampler.data_range)  # clamped x0 would divide the clamping residual by sqrt(1 - abar_t~)
+        # x0_hat at t~ clamped like the sampler's, but the network's eps kept (spec): re-deriving eps from the
+        # clamped x0 would divide the clamping residual by sqrt(1 - abar_t~)
+        eps, x0, _, _ = state.model_at(x, t_hat)
         a_p = state.coeffs.abar_prev
         x_new = math.sqrt(a_p) * x0 + math.sqrt(1 - a_p) * eps
         state.x_prev = torch.where(_per_sample(hit, x).bool(), x_new, x)
@@ -164,13 +161,12 @@ class LangevinCorrector(SamplerPlugin):
     def before_model(self, state: StepState) -> None:
         if self.snr == 0 or self.steps == 0:
             return
-        sched = state.sampler.schedule
-        a = float(sched.alphas_cumprod[state.t])
-        alpha = 1.0 - float(sched.betas[state.t])
+        a = state.abar_at(state.t)
+        alpha = 1.0 - float(state.sampler.schedule.betas[state.t])
         x = state.x_t
         for _ in range(self.steps):
             self.extra_model_calls += 1
-            s = -state.model(x, state.t_tensor(), state.cond) / math.sqrt(1 - a)
+            s = -state.model_at(x, state.t).eps / math.sqrt(1 - a)  # the score at the nominal step time
             z = state.randn_like(x)
             zn = z.reshape(z.shape[0], -1).norm(dim=1)
             sn = s.reshape(s.shape[0], -1).norm(dim=1).clamp_min(1e-12)

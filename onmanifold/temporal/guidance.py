@@ -200,18 +200,5 @@ class TemporalAlignmentGuidance(SamplerPlugin):
         return x
 
     def _gradient_at(self, state: StepState, x: torch.Tensor, loss: Callable) -> torch.Tensor:
-        from ..losses import call_loss
-
         self.extra_model_calls += 1
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            eps = state.model(xg, state.model_t(), state.cond)
-            if getattr(loss, "clamp_x0", True) is False:  # the same x0_hat the step's own loss gradient uses
-                x0 = state.tweedie_x0(xg, eps)
-            else:
-                x0 = state.sampler.mean_from_eps(xg, eps, state.coeffs, state.abar_t_batch)[0]
-            losses = call_loss(loss, x0, state.rows)
-            (g,) = torch.autograd.grad(losses.sum(), xg)
-        if not torch.isfinite(g).all():
-            raise FloatingPointError(f"sequential shift: non-finite loss gradient at step t={state.t}")
-        return g.detach()
+        return state.loss_gradient_at(loss, x)[0]  # the same x0_hat the step's own loss gradient uses
