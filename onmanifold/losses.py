@@ -135,14 +135,29 @@ class FeatureLoss(GuidanceLoss):
 class DecodedLoss(GuidanceLoss):
     """``L(decoder(z0_hat))``: evaluate a pixel-space loss on the decoded latent Tweedie estimate.
 
-    ``decoder``: ``z -> x`` (for a diffusers ``AutoencoderKL``: ``lambda z: vae.decode(z / scale).sample``).
-    Gradients flow through the decoder to the latent.
+    ``decoder``: ``z -> x`` (a loaded latent model's ``decode``; for a bare diffusers ``AutoencoderKL``:
+    ``lambda z: vae.decode(z / scale).sample``). Gradients flow through the decoder to the latent.
+
+    The wrapper carries its inner loss's settings: ``clamp_x0`` is the inner loss's (a classifier or
+    feature loss asks for the unclamped Tweedie estimate, a measurement loss for the sampler's), so the
+    sampler and :class:`SumOfLosses` treat the decoded loss as they treat the inner one. A latent
+    model's ``x0_hat`` is never clamped in either case: latents have no data range
+    (:class:`~onmanifold.latent.LatentDiffusionModel`).
     """
 
     def __init__(self, loss: Callable, decoder: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
+        if not callable(loss):
+            raise TypeError(f"loss: expected a callable x0 -> (B,) losses, got {type(loss).__name__}")
+        if not callable(decoder):
+            raise TypeError(f"decoder: expected a callable z -> x, got {type(decoder).__name__}")
         self.loss = loss
         self.decoder = decoder
+
+    @property
+    def clamp_x0(self) -> bool:
+        """The inner loss's ``clamp_x0`` (True, the sampler's default, when it does not say)."""
+        return getattr(self.loss, "clamp_x0", True)
 
     def forward(self, z0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         return call_loss(self.loss, self.decoder(z0), rows)

@@ -12,7 +12,10 @@
   ``p_t = sum_j w_j N(sqrt(abar_t) mu_j, (abar_t s_j^2 + 1 - abar_t) I)``, whose score is closed form,
   and ``eps*(x, t) = -sqrt(1 - abar_t) * grad log p_t(x)`` (Tweedie). Used for exact tests.
 
-:func:`load_diffusion_model` opens a bundled model or a diffusers folder and returns the eps-model
+* :class:`ClassifierFreeGuidance` — ``eps = e_u + s (e_c - e_u)`` in one batched call (Ho & Salimans 2022).
+
+:func:`load_diffusion_model` opens a bundled model, a diffusers folder or a Stable-Diffusion-layout
+folder (a latent model, :class:`~onmanifold.latent.LatentDiffusionModel`) and returns the eps-model
 with its :class:`~onmanifold.schedule.NoiseSchedule`.
 """
 
@@ -28,7 +31,16 @@ import torch.nn as nn
 
 from .schedule import NoiseSchedule
 
-__all__ = ["EpsModel", "FixedMicroBatch", "DiffusersUNetEpsModel", "GaussianMixtureModel", "LoadedModel", "load_diffusion_model", "as_eps_model"]
+__all__ = [
+    "EpsModel",
+    "FixedMicroBatch",
+    "DiffusersUNetEpsModel",
+    "GaussianMixtureModel",
+    "ClassifierFreeGuidance",
+    "LoadedModel",
+    "load_diffusion_model",
+    "as_eps_model",
+]
 
 
 class EpsModel(Protocol):
@@ -173,16 +185,95 @@ class GaussianMixtureModel(nn.Module):
         return x.reshape(n, *self.sample_shape).float()
 
 
+class ClassifierFreeGuidance(nn.Module):
+    """Classifier-free guidance (Ho & Salimans 2022) as an eps-model wrapper.
+
+        eps(x_t, t, c) = e_u + s * (e_c - e_u),   e_c = model(x_t, t, c),   e_u = model(x_t, t, uncond)
+
+    ``s = guidance_scale``: 0 is the unconditional model, 1 the conditional one, ``s > 1`` sharpens
+    toward the condition. Both predictions come from ONE network call on the doubled batch
+    ``[x_t; x_t]`` with ``[uncond; c]``. The wrapper is a model like any other, so every plugin (DPS,
+    DSG, TAG, ASCED, ...) sees the guided ``eps`` and its ``x0_hat``, and loss gradients flow through
+    both branches.
+
+    Args:
+        model: an eps-model ``(x_t, t, cond) -> eps`` trained with condition dropout.
+        guidance_scale: ``s``, a finite number >= 0.
+        uncond: the unconditional input: a tensor shaped like one row of ``cond`` (e.g. the null prompt
+            embedding ``(1, L, D)`` or ``(L, D)``), broadcast over the batch; or one row per sample.
+    """
+
+    def __init__(self, model: Callable, guidance_scale: float, uncond: torch.Tensor) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model: expected a callable (x_t, t, cond) -> eps, got {type(model).__name__}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale: expected a finite number >= 0, got {guidance_scale!r}")
+        if not torch.is_tensor(uncond):
+            raise ValueError(f"uncond: expected a tensor (the unconditional input, e.g. the null prompt embedding), got {type(uncond).__name__}")
+        if uncond.is_floating_point() and not torch.isfinite(uncond).all():
+            raise ValueError("uncond: contains NaN or Inf")
+        self.model = model
+        self.guidance_scale = float(guidance_scale)
+        self.register_buffer("uncond", uncond.detach().clone(), persistent=False)
+        if hasattr(model, "data_range"):  # the data's range (None for latents) stays visible to the sampler
+            self.data_range = model.data_range
+
+    def _uncond_rows(self, cond: torch.Tensor) -> torch.Tensor:
+        u, b = self.uncond, cond.shape[0]
+        if u.shape == cond.shape[1:]:
+            u = u.unsqueeze(0)
+        if u.dim() != cond.dim() or u.shape[1:] != cond.shape[1:] or u.shape[0] not in (1, b):
+            raise ValueError(f"uncond: shape {tuple(self.uncond.shape)} does not match cond of shape {tuple(cond.shape)} "
+                             f"(expected {tuple(cond.shape[1:])}, (1, ...) or ({b}, ...))")
+        return u.to(cond.dtype).expand(b, *cond.shape[1:])
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if not torch.is_tensor(cond) or cond.dim() == 0:
+            raise ValueError(f"cond: classifier-free guidance needs a condition tensor with one row per sample (or one row), got "
+                             f"{tuple(cond.shape) if torch.is_tensor(cond) else type(cond).__name__}")
+        b = x.shape[0]
+        if cond.shape[0] == 1 and b > 1:
+            cond = cond.expand(b, *cond.shape[1:])
+        if cond.shape[0] != b:
+            raise ValueError(f"cond: expected 1 or {b} rows for a batch of {b}, got {cond.shape[0]}")
+        t = torch.as_tensor(t, device=x.device).expand(b) if torch.as_tensor(t).dim() == 0 else t
+        eps = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self._uncond_rows(cond), cond]))
+        e_u, e_c = eps[:b], eps[b:]
+        return e_u + self.guidance_scale * (e_c - e_u)
+
+
 @dataclass
 class LoadedModel:
-    """A loaded diffusion model: the eps-model, its schedule, sample shape and metadata."""
+    """A loaded diffusion model: the eps-model, its schedule, sample shape and metadata.
+
+    Latent models (Stable-Diffusion-layout folders) also ``decode(z)``, ``encode(x)`` and, with a text
+    encoder or prompt table, ``encode_prompt(prompts)`` (:class:`~onmanifold.latent.LatentDiffusionModel`).
+    """
 
     model: Callable
     schedule: NoiseSchedule
     sample_shape: tuple[int, ...]
     meta: dict
-    data_range: tuple[float, float] | None  # clamp range of x0_hat (None: no clamping, e.g. gmm2d)
+    data_range: tuple[float, float] | None  # clamp range of x0_hat (None: no clamping, e.g. gmm2d or latents)
     name: str
+
+    def _latent(self, what: str):
+        if not all(hasattr(self.model, a) for a in ("decode", "encode", "encode_prompt")):
+            raise ValueError(f"model: {self.name!r} is not a latent model; {what} needs a Stable-Diffusion-layout folder (unet/, vae/, scheduler/)")
+        return self.model
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images through the VAE decoder (scaling factor undone); differentiable."""
+        return self._latent("decode").decode(z)
+
+    def encode(self, x: torch.Tensor, generator: torch.Generator | None = None, sample: bool = False) -> torch.Tensor:
+        """Images -> scaled latents (posterior mean, or a draw with ``sample=True``)."""
+        return self._latent("encode").encode(x, generator=generator, sample=sample)
+
+    def encode_prompt(self, prompts) -> torch.Tensor:
+        """Prompts -> embeddings ``(B, L, D)`` to pass as ``cond`` (``""``: the unconditional embedding)."""
+        return self._latent("encode_prompt").encode_prompt(prompts)
 
 
 def as_eps_model(model: Any, schedule: NoiseSchedule | None = None, prediction_type: str = "epsilon") -> Callable:
@@ -201,7 +292,11 @@ def load_diffusion_model(name_or_path: str | os.PathLike) -> LoadedModel:
 
     A diffusers folder is a pipeline folder (``unet/`` + ``scheduler/``) or a ``UNet2DModel`` folder
     with a ``scheduler_config.json`` beside it; the schedule and ``prediction_type`` come from the
-    scheduler config. Raises :class:`~onmanifold.nets.CheckpointError` on a missing or corrupt folder.
+    scheduler config. A Stable-Diffusion-layout folder (``unet/``, ``vae/``, ``scheduler/``, and
+    ``text_encoder/`` + ``tokenizer/`` when present) gives a latent model: ``sample_shape`` is the
+    latent shape, ``data_range`` is None (latents are never clamped), and ``decode``/``encode``/
+    ``encode_prompt`` go through the VAE and the text encoder. Nothing is downloaded. Raises
+    :class:`~onmanifold.nets.CheckpointError` on a missing (naming the component) or corrupt folder.
     """
     import json
 
@@ -209,6 +304,10 @@ def load_diffusion_model(name_or_path: str | os.PathLike) -> LoadedModel:
 
     folder = resolve_checkpoint(name_or_path)
     meta = read_metadata(folder)
+    from .latent import is_latent_diffusion_folder
+
+    if is_latent_diffusion_folder(folder):
+        return _load_latent_diffusion_model(folder, meta, str(name_or_path))
     net = load_network(folder)
     if type(net).__name__ == "UNet2DModel":
         cfg_path = next((p for p in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json") if p.is_file()), None)
@@ -228,3 +327,31 @@ def load_diffusion_model(name_or_path: str | os.PathLike) -> LoadedModel:
     schedule = NoiseSchedule.from_config(meta["schedule"])
     dim = int(getattr(net, "config", {}).get("dim", 2))
     return LoadedModel(net, schedule, (dim,), meta, None, str(name_or_path))
+
+
+def _load_latent_diffusion_model(folder, meta: dict, name: str) -> LoadedModel:
+    """The Stable-Diffusion-layout branch of :func:`load_diffusion_model`."""
+    from .latent import LatentDiffusionModel, open_stable_diffusion_folder
+    from .nets.checkpoint import CheckpointError
+
+    parts = open_stable_diffusion_folder(folder)
+    try:
+        schedule = NoiseSchedule.from_diffusers(parts.scheduler_config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: scheduler/scheduler_config.json does not describe a noise schedule ({e})") from e
+    pred = parts.scheduler_config.get("prediction_type", "epsilon")
+    if pred not in ("epsilon", "v_prediction", "sample"):
+        raise CheckpointError(f"checkpoint {str(folder)!r}: scheduler_config.json has prediction_type {pred!r}; expected epsilon, v_prediction or sample")
+    c = parts.vae.config
+    model = LatentDiffusionModel(
+        DiffusersUNetEpsModel(parts.unet, schedule, pred),
+        parts.vae,
+        scaling_factor=float(getattr(c, "scaling_factor", None) or 1.0),
+        shift_factor=float(getattr(c, "shift_factor", None) or 0.0),
+        cond_width=parts.cond_width,
+        prompt_encoder=parts.prompt_encoder,
+    )
+    size = parts.unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (int(parts.unet.config.in_channels), int(h), int(w))
+    return LoadedModel(model, schedule, shape, meta, None, name)
