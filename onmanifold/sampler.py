@@ -10,9 +10,25 @@ point               what a plugin may do
                     change ``state.t`` (the coefficients are recomputed), or call the network at
                     per-sample times with :meth:`StepState.set_time_per_sample` (Time-Shift Sampler)
 ``after_model``     change ``state.eps`` through :meth:`StepState.set_eps` (Epsilon Scaling, CFG)
-``update``          replace ``state.x_prev`` (DPS, DSG; they share :meth:`StepState.loss_gradient`)
+``update``          move ``state.x_prev`` as declared by ``update_mode`` (below; DPS, DSG, TAG inline;
+                    they share :meth:`StepState.loss_gradient`)
 ``after_step``      move or observe ``state.x_prev`` (TAG post-step, TCS, detectors, recorders)
 ==================  ==============================================================================
+
+Update modes: ``x_prev`` enters the ``update`` point as the plain step ``mu + sigma_t z`` and the
+plugins move it in list order, each declaring how (:attr:`SamplerPlugin.update_mode`):
+
+===============  ==================================================================  =================
+``update_mode``  what the plugin does to ``x_prev``                                  examples
+===============  ==================================================================  =================
+``"replace"``    sets it from the plain step's ``mu``, ``sigma``, ``noise``           DSG
+``"displace"``   adds a displacement to the ``x_prev`` it is handed                  DPS, TAG inline
+``None``         leaves it alone (the default; observers)                            recorders
+===============  ==================================================================  =================
+
+A replacement after a displacement would silently drop it, so :meth:`DDIMSampler.sample` refuses,
+before any work, a list with more than one replacing plugin or with the replacing one after a
+displacing one, and names the order that keeps every move (``[DPS, DSG]`` -> ``[DSG, DPS]``).
 
 One step, in the notation of Song et al. (DDIM, ICLR 2021), with ``a_t = abar_t``:
 
@@ -45,7 +61,7 @@ from tqdm.auto import tqdm
 
 from .schedule import NoiseSchedule, StepCoefficients
 
-__all__ = ["SamplerPlugin", "RunContext", "StepState", "StepPrediction", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed"]
+__all__ = ["SamplerPlugin", "RunContext", "StepState", "StepPrediction", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed", "check_update_order", "UPDATE_MODES"]
 
 
 def per_sample_seed(seed: int, index: int) -> int:
@@ -338,7 +354,14 @@ class SamplerPlugin:
     (validate the sampler here: DSG refuses ``eta = 0``; resolve resolution-dependent settings and
     reset per-run results here);
     ``finish`` once after each batch.
+
+    A plugin that overrides :meth:`update` declares :attr:`update_mode`: ``"replace"`` (it sets
+    ``x_prev`` from the plain step's ``mu``, ``sigma`` and ``noise``, ignoring what it was handed:
+    DSG) or ``"displace"`` (it adds a displacement to the ``x_prev`` it was handed: DPS, TAG inline);
+    ``None`` (the default) says it never moves ``x_prev`` at that point.
     """
+
+    update_mode: str | None = None
 
     def setup(self, run: RunContext) -> None:
         pass
@@ -360,6 +383,46 @@ class SamplerPlugin:
 
     def finish(self, x0: torch.Tensor, sample_indices: list[int]) -> None:
         pass
+
+
+UPDATE_MODES = ("replace", "displace")
+
+
+def _declares_update_mode(plugin: SamplerPlugin) -> bool:
+    return "update_mode" in vars(plugin) or any("update_mode" in vars(k) for k in type(plugin).__mro__ if k is not SamplerPlugin)
+
+
+def check_update_order(plugins: Sequence[SamplerPlugin]) -> None:
+    """Refuse a plugin list whose ``update`` point would silently drop a move (module docstring, update modes).
+
+    Every plugin that overrides ``update`` must declare its :attr:`SamplerPlugin.update_mode`; at most
+    one plugin replaces ``x_prev``, and it must come before every plugin that displaces it (a
+    replacement listed after a displacement would overwrite it: ``[DPS, DSG]`` drops DPS's move).
+    The error names the order that keeps every move.
+    """
+    names = [type(p).__name__ for p in plugins]
+    for p, name in zip(plugins, names):
+        mode = p.update_mode
+        if mode is not None and mode not in UPDATE_MODES:
+            raise ValueError(f"{name}.update_mode: expected 'replace', 'displace' or None, got {mode!r}")
+        if type(p).update is not SamplerPlugin.update and not _declares_update_mode(p):
+            raise TypeError(
+                f"{name}: overrides update() but does not declare update_mode "
+                "('replace': sets x_prev from mu, sigma and noise; 'displace': adds to x_prev; None: leaves it alone)"
+            )
+    replacing = [i for i, p in enumerate(plugins) if p.update_mode == "replace"]
+    if len(replacing) > 1:
+        raise ValueError(f"plugins: {[names[i] for i in replacing]} all replace x_prev at the update point; each would drop the "
+                         "others' move, so at most one replacing plugin may run")
+    if replacing:
+        r = replacing[0]
+        displacing = [i for i in range(r) if plugins[i].update_mode == "displace"]
+        if displacing:
+            order = names[: displacing[0]] + [names[r]] + [n for i, n in enumerate(names[displacing[0]:], displacing[0]) if i != r]
+            raise ValueError(
+                f"plugins: in [{', '.join(names)}] {names[r]} replaces x_prev after {[names[i] for i in displacing]} displaced it, "
+                f"which would drop their move; list the replacing plugin first: [{', '.join(order)}]"
+            )
 
 
 class DDIMSampler:
@@ -514,6 +577,11 @@ class DDIMSampler:
                 model, x_T, shape=shape, num_samples=num_samples, seed=seed, generator=generator, first_index=first_index,
                 plugins=plugins, cond=cond, batch_size=batch_size, progress=progress, callback=callback,
             )
+        plugins = list(plugins)
+        for p in plugins:
+            if not isinstance(p, SamplerPlugin):
+                raise TypeError(f"plugins: expected SamplerPlugin instances, got {type(p).__name__}")
+        check_update_order(plugins)
         if x_T is None:
             if shape is None or num_samples is None:
                 raise ValueError("x_T or (shape, num_samples): give a starting tensor, or a per-sample shape and a sample count")
@@ -537,10 +605,6 @@ class DDIMSampler:
             from .model import FixedMicroBatch
 
             model = FixedMicroBatch(model, self.micro_batch)
-        plugins = list(plugins)
-        for p in plugins:
-            if not isinstance(p, SamplerPlugin):
-                raise TypeError(f"plugins: expected SamplerPlugin instances, got {type(p).__name__}")
         run = RunContext(
             sampler=self, sample_shape=tuple(int(v) for v in shape), num_samples=n, seed=seed,
             device=x_T.device if x_T is not None else torch.device("cpu"),

@@ -255,6 +255,8 @@ class _Timed:
         self.seconds = 0.0
 
         class Wrapped(SamplerPlugin):
+            update_mode = plugin.update_mode  # forwards update(), so it moves x_prev as the wrapped plugin does
+
             def _t(self, name, *a):
                 t0 = time.perf_counter()
                 getattr(plugin, name)(*a)

@@ -4,7 +4,7 @@
 
 with ``L_b = ||y_b - A(x0_hat_b)||_2`` for inverse problems (or any per-sample loss), the gradient
 taken through the network (a full VJP). Guided at every step including the last (``sigma = 0``), as
-in the DPS code (DSG spec D10).
+in the DPS code (docs/methods/dsg.md#D10).
 
 References:
     H. Chung, J. Kim, M. T. Mccann, M. L. Klasky, J. C. Ye. "Diffusion Posterior Sampling for General
@@ -29,8 +29,10 @@ class DiffusionPosteriorSampling(SamplerPlugin):
         zeta: step size ``zeta >= 0`` (official configs: 0.5 inpainting, 0.3 SR x4 and deblur; tune per model).
     """
 
+    update_mode = "displace"  # x_prev <- x_prev - zeta g
+
     def __init__(self, loss: Callable, zeta: float) -> None:
-        if not (isinstance(zeta, (int, float)) and math.isfinite(zeta) and zeta >= 0):
+        if isinstance(zeta, bool) or not (isinstance(zeta, (int, float)) and math.isfinite(zeta) and zeta >= 0):
             raise ValueError(f"zeta: expected a finite step size >= 0, got {zeta!r}")
         self.loss = loss
         self.zeta = float(zeta)

@@ -13,10 +13,12 @@ Only every ``k``-th step is guided (``i % k == 0``, ``i`` counting the respaced 
 ``N-1`` down to 0); the others are plain steps with no gradient. DSG has no step size, so it is
 invariant to any positive rescaling of each sample's loss.
 
-Project decisions (DSG spec section 3): per-sample radius and norms (D2); linear mixing of the raw
-drawn noise ``sigma z``, not slerp (D3); a deterministic sampler is refused (D5); the step with
-``sigma = 0`` (the last) is unguided; a zero per-sample gradient falls back to the plain step and
-a non-finite loss or gradient raises (D7); no last-step push (D8).
+Project decisions, each with its reason in ``docs/methods/dsg.md``: per-sample radius and norms
+(docs/methods/dsg.md#D2); linear mixing of the raw drawn noise ``sigma z``, not slerp
+(docs/methods/dsg.md#D3); a deterministic sampler is refused and the step with ``sigma = 0`` (the
+last) is unguided (docs/methods/dsg.md#D5); a zero per-sample gradient falls back to the plain step
+and a non-finite loss or gradient raises (docs/methods/dsg.md#D7); no last-step push
+(docs/methods/dsg.md#D8).
 
 References:
     L. Yang, S. Ding, Y. Cai, J. Yu, J. Wang, Y. Shi. "Guidance with Spherical Gaussian Constraint
@@ -72,11 +74,14 @@ class SphericalGaussianGuidance(SamplerPlugin):
     Args:
         loss: per-sample loss on ``x0_hat`` (:mod:`onmanifold.losses`), any positive scale.
         guidance_rate: ``g_r`` in [0, 1] (paper Table 3: 0.2 inpainting; 0.1-0.2 SR and deblur).
-        interval: ``k >= 1``, guide the steps with ``i % k == 0``.
+        interval: ``k >= 1``, guide the steps with ``i % k == 0``; a ``k`` that guides no step of the run
+            (``k >= N`` guides only the unguided last step) is refused when sampling starts.
     """
 
+    update_mode = "replace"  # x_prev <- mu + r d_m / ||d_m||, from the plain step's mu and noise
+
     def __init__(self, loss: Callable, guidance_rate: float = 0.2, interval: int = 1) -> None:
-        if not (isinstance(guidance_rate, (int, float)) and 0.0 <= guidance_rate <= 1.0):
+        if isinstance(guidance_rate, bool) or not (isinstance(guidance_rate, (int, float)) and 0.0 <= guidance_rate <= 1.0):
             raise ValueError(f"guidance_rate: expected a value in [0, 1], got {guidance_rate!r}")
         if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
             raise ValueError(f"interval: expected an integer k >= 1, got {interval!r}")
@@ -87,6 +92,13 @@ class SphericalGaussianGuidance(SamplerPlugin):
     def setup(self, run: RunContext) -> None:
         if not run.sampler.stochastic:
             raise ValueError(DETERMINISTIC_SAMPLER_MESSAGE)
+        sampler = run.sampler
+        guided = [p for p in range(sampler.num_steps) if (sampler.num_steps - 1 - p) % self.interval == 0 and sampler.coefficients(p).sigma > 0]
+        if not guided:  # would be bit-identical to unguided sampling: refuse rather than ignore the guidance
+            raise ValueError(
+                f"interval: k = {self.interval} guides no step of this {sampler.num_steps}-step chain (steps with i % k == 0 and "
+                f"sigma_i > 0, i counting down from {sampler.num_steps - 1}); use k <= {max(sampler.num_steps - 1, 1)}"
+            )
 
     def is_guided(self, state: StepState) -> bool:
         """``i % k == 0`` and ``sigma_i > 0``."""

@@ -10,12 +10,12 @@ pulled back toward the manifold of the intended time ``t`` (always the solver's 
 step, never the respaced count). With exact marginals the TLS is ``s_t - E_{gamma}[s_k]``
 (Theorem 3.3; :func:`~onmanifold.temporal.predictor.time_linked_score_closed_form`).
 
-Placements (spec section 4; every result records its placement):
+Placements (docs/methods/tag.md#R4 and #D3; every result records its placement):
 
 * ``pre`` (default, Alg. 1): before the network call, ``x_t <- x_t + omega_t TLS(x_t, t)``; the model
   call, any guidance gradient and the step then happen at the moved point. Under loss guidance the
   state entering a step already contains the previous step's guidance move, so the TLS sees a
-  condition-shifted point for free (spec section 5).
+  condition-shifted point for free (docs/methods/tag.md#D5).
 * ``post`` (App. E.2, Alg. 2): after the step, ``x_prev <- x_prev + omega0 (1 - abar_{t_prev})
   TLS(x_prev, t_prev)``; skipped after the last step (the state is clean).
 * ``inline`` (App. B.3): ``x_prev <- x_prev + omega_t TLS(x', t)`` at the update point, with the
@@ -24,7 +24,7 @@ Placements (spec section 4; every result records its placement):
   - ``shift="guided"`` (default): ``x' = x_t + d`` where ``d`` is the displacement the guidance
     plugins listed *before* TAG gave this step (``x_prev`` after them minus the unguided
     ``mu + sigma z``). For DPS ``d = -zeta g``, exactly the paper's ``x' = x_t - eta_t^2 g`` with its
-    undetermined ``eta_t^2 := rho_t = zeta`` (spec section 10 #3); for DSG it is DSG's own move. Without
+    undetermined ``eta_t^2 := rho_t = zeta`` (docs/methods/tag.md#D4); for DSG it is DSG's own move. Without
     guidance ``x' = x_t``.
   - ``shift="losses"`` with ``shift_losses=[(loss_k, eta2_k), ...]``: ``x' = x_t - sum_k eta2_k g_k``,
     all ``g_k`` from ``x0_hat(x_t)`` (the single-condition predictor ``p(t | x', c_K)`` of Sec. 4.2
@@ -130,6 +130,11 @@ class TemporalAlignmentGuidance(SamplerPlugin):
         self.predictor_calls = 0
         self.extra_model_calls = 0
 
+    @property
+    def update_mode(self) -> str | None:
+        """``"displace"`` under the inline placement (``x_prev <- x_prev + omega_t TLS(x', t)``), else None."""
+        return "displace" if self.placement == "inline" else None
+
     # ------------------------------------------------------------------ helpers
     def omega(self, abar: float) -> float:
         """``omega0 * (1 - abar)``."""
@@ -145,7 +150,7 @@ class TemporalAlignmentGuidance(SamplerPlugin):
             plugins = list(run.plugins)
             if any(p is self for p in plugins):
                 later = plugins[run.position_of(self) + 1:]
-                movers = [type(p).__name__ for p in later if type(p).update is not SamplerPlugin.update]
+                movers = [type(p).__name__ for p in later if p.update_mode is not None]
                 if movers:
                     raise ValueError(
                         f"plugins: TemporalAlignmentGuidance(placement='inline') must come after the guidance plugins it shifts by; move it after {movers}"

@@ -162,6 +162,8 @@ def test_per_sample_seeding_independent_of_batch_size():
 
 
 class _Recorder(SamplerPlugin):
+    update_mode = None  # observes x_prev at the update point, never moves it
+
     def __init__(self):
         self.calls = []
 
@@ -209,6 +211,8 @@ def test_loss_gradient_is_shared_and_through_the_network():
         return (x0 - 1.0).pow(2).sum(1)
 
     class Asker(SamplerPlugin):
+        update_mode = None
+
         def needs_grad(self, st):
             return True
 
@@ -262,3 +266,21 @@ def test_micro_batch_makes_unet_samples_bit_identical_across_batch_sizes(unet):
     c = s.sample(model, shape=(1, 8, 8), num_samples=12, seed=0, batch_size=5)
     assert torch.equal(a, b) and torch.equal(a, c)
     assert torch.equal(a, s.sample(model, shape=(1, 8, 8), num_samples=12, seed=0))  # same command twice
+
+
+def test_update_plugins_must_declare_their_mode():
+    sched = NoiseSchedule.linear(100, 1e-3, 0.2)
+    g = GaussianMixtureModel(torch.zeros(1, 2), 1.0, sched)
+
+    class Undeclared(SamplerPlugin):
+        def update(self, st):
+            st.x_prev = st.x_prev + 1
+
+    class Wrong(SamplerPlugin):
+        update_mode = "add"
+
+    s = DDIMSampler(sched, 3, clamp_x0=False)
+    with pytest.raises(TypeError, match="Undeclared: overrides update"):
+        s.sample(g, shape=(2,), num_samples=2, plugins=[Undeclared()])
+    with pytest.raises(ValueError, match="Wrong.update_mode"):
+        s.sample(g, shape=(2,), num_samples=2, plugins=[Wrong()])

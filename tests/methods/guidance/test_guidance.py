@@ -1,4 +1,4 @@
-"""DPS and DSG: the exact properties of DSG spec section 6, on the analytic Gaussian-mixture model."""
+"""DPS and DSG: the exact properties docs/methods/dsg.md#T1 to docs/methods/dsg.md#T9, on the analytic Gaussian-mixture model."""
 
 import math
 
@@ -41,7 +41,7 @@ def run(gmm, plugins, n=8, steps=20, eta=1.0, seed=5, **kw):
     return s.sample(gmm, x_T(n, seed), plugins=plugins, seed=0)
 
 
-# ---------------------------------------------------------------- section 6, property 1 and 3
+# ---------------------------------------------------------------- docs/methods/dsg.md#T1 to #T3 and #T9
 def test_dsg_lands_exactly_on_the_sphere(gmm, problem):
     _, op, y = problem
     rec = SphereDeviationRecorder()
@@ -89,7 +89,7 @@ def test_official_formula_parity_single_sample():
     torch.testing.assert_close(dsg_update(mu, sigma, z, g, g_r), expect)
 
 
-# ---------------------------------------------------------------- property 4, 5, 6, 7
+# ---------------------------------------------------------------- docs/methods/dsg.md#T4 to #T7
 def test_dsg_is_invariant_to_positive_rescaling_of_the_loss(gmm, problem):
     _, op, y = problem
     base = MeasurementLoss(op, y)
@@ -164,7 +164,7 @@ def test_measurement_with_nan_is_refused(problem):
         MeasurementLoss(op, bad)
 
 
-# ---------------------------------------------------------------- property 8: DPS leaves the sphere
+# ---------------------------------------------------------------- DPS leaves the sphere (docs/methods/dsg.md#T8)
 def test_dps_leaves_the_sphere_by_the_expected_amount(gmm, problem):
     _, op, y = problem
     n = 4000
@@ -281,3 +281,36 @@ def test_sum_of_losses_passes_rows_and_refuses_mixed_clamping():
     assert torch.allclose(s(x0, rows), a(x0, rows) + 0.5 * b(x0, rows)) and s.clamp_x0 is False
     with pytest.raises(ValueError, match="mixes"):
         SumOfLosses([a, lambda x0: x0.sum(1)])
+
+
+# ---------------------------------------------------------------- update modes: the loop composes moves, never drops one
+def test_replace_after_displace_is_refused_with_the_order_that_works(gmm, problem):
+    _, op, y = problem
+    loss = MeasurementLoss(op, y)
+    dps, dsg = DiffusionPosteriorSampling(loss, 0.3), SphericalGaussianGuidance(loss, 0.2)
+    assert (dps.update_mode, dsg.update_mode) == ("displace", "replace")
+    with pytest.raises(ValueError, match=r"\[SphericalGaussianGuidance, DiffusionPosteriorSampling\]"):
+        run(gmm, [dps, dsg])
+    rec = SphereDeviationRecorder()
+    with pytest.raises(ValueError, match=r"\[SphereDeviationRecorder, SphericalGaussianGuidance, DiffusionPosteriorSampling\]"):
+        run(gmm, [rec, dps, dsg])
+    with pytest.raises(ValueError, match="at most one replacing plugin"):
+        run(gmm, [dsg, SphericalGaussianGuidance(loss, 0.5)])
+
+
+def test_dsg_then_dps_keeps_both_moves(gmm, problem):
+    _, op, y = problem
+    loss = MeasurementLoss(op, y)
+    zeta, rate = 0.3, 0.2
+    seen = []
+
+    def cb(st):
+        if st.sigma > 0:
+            g, _ = st.loss_gradient(loss)  # the step's shared gradient (cached)
+            seen.append((dsg_update(st.mu.detach(), st.sigma, st.noise, g, rate) - zeta * g, st.x_prev.clone()))
+
+    s = DDIMSampler(SCHED, 10, eta=1.0)
+    s.sample(gmm, x_T(8), plugins=[SphericalGaussianGuidance(loss, rate), DiffusionPosteriorSampling(loss, zeta)], seed=0, callback=cb)
+    assert len(seen) == 9
+    for expect, got in seen:
+        torch.testing.assert_close(got, expect, rtol=0, atol=0)
