@@ -6,6 +6,9 @@ recorders, corruptions) is a :class:`SamplerPlugin` called at named points of on
 ==================  ==============================================================================
 point               what a plugin may do
 ==================  ==============================================================================
+``perturb``         move ``state.x_t`` as part of the process under study (injected noise, drift:
+                    :mod:`onmanifold.temporal.corruptions`); the loop then records the result as
+                    ``state.x_entering``, the state a step's corrections and diagnostics start from
 ``before_model``    move ``state.x_t`` (TAG pre-step, ASCED correction, injected corruption/drift);
                     change ``state.t`` (the coefficients are recomputed), or call the network at
                     per-sample times with :meth:`StepState.set_time_per_sample` (Time-Shift Sampler)
@@ -137,6 +140,8 @@ class StepState:
     ``index`` counts the respaced chain from ``N-1`` (noisiest) down to ``0`` (the DSG paper's ``i``);
     ``position`` counts the loop from ``0``. ``t``/``t_prev`` are training indices (``t_prev = -1``:
     the clean end). ``sigma`` is the step's noise std (a float shared by the batch).
+    ``x_entering`` is ``x_t`` as it entered the step's corrections: after the ``perturb`` point and
+    before any ``before_model`` plugin moved it (set by the loop; read it, never write it).
     """
 
     sampler: "DDIMSampler"
@@ -161,7 +166,8 @@ class StepState:
     x_t_graph: torch.Tensor | None = None  # the leaf x_t of the gradient island (None when no plugin asked)
     t_batch: torch.Tensor | None = None  # per-sample times of the model call (time-shift); None: every sample at ``t``
     abar_t_batch: torch.Tensor | None = None  # (B, 1, ...) abar of ``t_batch``, set with it
-    cache: dict = field(default_factory=dict)
+    x_entering: torch.Tensor | None = None  # x_t after the ``perturb`` point, before any ``before_model`` move (set by the loop)
+    _cache: dict = field(default_factory=dict, repr=False)  # private: this step's loss gradients
 
     @property
     def sigma(self) -> float:
@@ -299,7 +305,7 @@ class StepState:
         this step. Raises ``FloatingPointError`` on a non-finite loss or gradient.
         """
         key = id(loss_fn) if key is None else key
-        cached = self.cache.get(("loss_gradient", key))
+        cached = self._cache.get(("loss_gradient", key))
         if cached is not None:
             return cached
         if self.x_t_graph is None or self.x0_hat is None or not self.x0_hat.requires_grad:
@@ -311,7 +317,7 @@ class StepState:
             if getattr(loss_fn, "clamp_x0", True) is False:  # e.g. classifier losses see the unclamped Tweedie estimate
                 x0 = self.x0_from_eps(self.x_t_graph, self.eps, clamp=False)
             out = self._loss_and_gradient(loss_fn, x0, self.x_t_graph, retain_graph=True)
-        self.cache[("loss_gradient", key)] = out
+        self._cache[("loss_gradient", key)] = out
         return out
 
     def _loss_and_gradient(self, loss_fn: Callable, x0: torch.Tensor, leaf: torch.Tensor, retain_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,6 +370,9 @@ class SamplerPlugin:
     update_mode: str | None = None
 
     def setup(self, run: RunContext) -> None:
+        pass
+
+    def perturb(self, state: StepState) -> None:
         pass
 
     def needs_grad(self, state: StepState) -> bool:
@@ -642,6 +651,9 @@ class DDIMSampler:
                     coeffs=self.coefficients(pos), x_t=x, cond=cond, sample_indices=indices, rows=rows, rng=rng,
                 )
                 for p in plugins:
+                    p.perturb(state)
+                state.x_entering = state.x_t
+                for p in plugins:
                     p.before_model(state)
                 if state.t != state.coeffs.t:  # a plugin replaced the step's time (time-shift)
                     state.coeffs = self.coefficients(pos, state.t)
@@ -679,7 +691,7 @@ class DDIMSampler:
                 x = state.x_prev
                 # drop the graph of this step before the next one
                 state.x_t_graph = None
-                state.cache.clear()
+                state._cache.clear()
                 bar.update(x.shape[0])
         return x
 

@@ -1,7 +1,8 @@
 """Perturbations of the reverse process that push samples off the manifold (TAG experiments).
 
 Both act at the start of each step, before TAG and before the network call (TAG spec section 10 #16,
-the App. E.2 order); list them first among the plugins.
+the App. E.2 order); they use the sampler's ``perturb`` point, which runs
+before every ``before_model`` plugin, so :attr:`~onmanifold.sampler.StepState.x_entering` includes them.
 
 * :class:`NoiseInjection` — the corrupted reverse process of Sec. 3.4: ``x_t <- x_t + sigma z``,
   ``z ~ N(0, I)`` from the per-sample generators, at every step.
@@ -25,7 +26,7 @@ class NoiseInjection(SamplerPlugin):
             raise ValueError(f"sigma: expected a finite noise std >= 0, got {sigma!r}")
         self.sigma = float(sigma)
 
-    def before_model(self, state: StepState) -> None:
+    def perturb(self, state: StepState) -> None:
         if self.sigma > 0:
             state.x_t = state.x_t + self.sigma * state.randn_like(state.x_t)
 
@@ -38,6 +39,6 @@ class LinearDrift(SamplerPlugin):
             raise ValueError(f"rate: expected a finite number, got {rate!r}")
         self.rate = float(rate)
 
-    def before_model(self, state: StepState) -> None:
+    def perturb(self, state: StepState) -> None:
         if self.rate != 0:
             state.x_t = state.x_t - self.rate * state.x_t

@@ -166,7 +166,6 @@ class TemporalAlignmentGuidance(SamplerPlugin):
         w = self.omega(state.coeffs.abar_t)
         if w == 0:
             return
-        state.cache["x_entering"] = state.x_t
         state.x_t = state.x_t + w * self.tls(state.x_t, state.t, state)
 
     def update(self, state: StepState) -> None:

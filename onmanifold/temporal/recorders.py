@@ -3,9 +3,9 @@
     TG = (1 / |S|) sum_{t in S} | argmax_k phi(x_t)_k - t |
 
 over the visited sampler times ``S`` (training-step units), averaged over samples, plus the per-step
-curve ``TG_t`` (mean and standard deviation over samples). Recorded on the state *entering* each step
-(after any injected corruption; under TAG's ``pre`` placement before that step's move, so a
-correction never grades itself). A diagnostic, not a quality metric (the paper says so); grade TAG
+curve ``TG_t`` (mean and standard deviation over samples). Recorded on the state *entering* each step,
+:attr:`~onmanifold.sampler.StepState.x_entering` (after any injected corruption; before TAG's ``pre``
+move or any other correction of that step, so a correction never grades itself). A diagnostic, not a quality metric (the paper says so); grade TAG
 runs with an independently trained predictor as well, since TAG ascends the very predictor that
 scores the gap.
 """
@@ -30,8 +30,8 @@ class TimeGapRecorder(SamplerPlugin):
         predictor: a time predictor ``(x, cond) -> (B, T)`` logits.
         condition: labels of a conditional predictor (``(N, K)``, one row per sample of the run).
 
-    Place it before any corruption plugin's successor that should not be graded, i.e. list
-    corruptions first, then the recorder, then TAG (the recorder reads the pre-TAG state either way).
+    It grades :attr:`~onmanifold.sampler.StepState.x_entering`, so its place in the plugin list does not
+    matter: corruptions (``perturb`` point) are included, TAG's ``pre`` move is not.
     """
 
     def __init__(self, predictor: Any, condition: Any = None) -> None:
@@ -50,7 +50,7 @@ class TimeGapRecorder(SamplerPlugin):
 
     @torch.no_grad()
     def before_model(self, state: StepState) -> None:
-        x = state.cache.get("x_entering", state.x_t)
+        x = state.x_entering  # after the perturbations, before any correction of this step
         logits = self.predictor(x.to(input_dtype(self.predictor, x)), select_condition(self.condition, state))
         gap = (logits.argmax(dim=1) - state.t).abs().double()
         self._sum[state.t] = self._sum.get(state.t, 0.0) + float(gap.sum())

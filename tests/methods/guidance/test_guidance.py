@@ -58,7 +58,7 @@ def test_guidance_rate_one_is_the_closed_form(gmm, problem):
 
     def cb(st):
         if st.sigma > 0:
-            g = st.cache[("loss_gradient", id(loss))][0]
+            g = st.loss_gradient(loss)[0]  # the step's shared gradient (cached)
             seen.append((st.mu.detach().clone(), g.clone(), st.sigma, st.x_prev.clone()))
 
     s = DDIMSampler(SCHED, 10, eta=1.0)
@@ -178,7 +178,7 @@ def test_dps_leaves_the_sphere_by_the_expected_amount(gmm, problem):
     def cb(st):
         if st.position == 0:
             out["dev2"] = (st.x_prev - st.mu.detach()).flatten(1).pow(2).sum(1)
-            out["g2"] = st.cache[("loss_gradient", id(loss))][0][0].pow(2).sum()
+            out["g2"] = st.loss_gradient(loss)[0][0].pow(2).sum()
             out["r2"] = 16 * st.sigma**2
 
     s = DDIMSampler(SCHED, timesteps=[600, 500], eta=1.0)

@@ -169,7 +169,7 @@ def test_pre_repairs_an_injection_before_the_network_call(toy):
 
         def after_model(self, state):
             if state.position == 3:
-                entering = state.cache.get("x_entering", state.x_t)
+                entering = state.x_entering
                 logp = lambda z: oracle(z).log_softmax(-1)[:, state.t]  # noqa: E731
                 seen[self.key] = (logp(entering), logp(state.x_t))
 
@@ -280,7 +280,7 @@ def test_time_gap_of_a_constant_predictor_is_its_distance_to_each_step(toy):
 def test_time_gap_is_read_before_the_tag_move(toy):
     oracle = ExactTimePosterior(toy)
     a, b = TimeGapRecorder(oracle), TimeGapRecorder(oracle)
-    # recorder after TAG reads the cached pre-move state: same curve as a recorder listed before TAG
+    # a recorder after TAG grades state.x_entering (after the injection, before TAG's move): same curve as one before TAG
     run(toy, [NoiseInjection(1.0), a, TemporalAlignmentGuidance(oracle, 5.0), b], n=8)
     assert a.curve() == b.curve()
 
