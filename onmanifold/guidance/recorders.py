@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..sampler import SamplerPlugin, StepState
+from ..sampler import RunContext, SamplerPlugin, StepState
 
 __all__ = ["SphereDeviationRecorder"]
 
@@ -21,12 +21,19 @@ class SphereDeviationRecorder(SamplerPlugin):
     """Records ``rho`` per step (observes only; put it after the guidance plugins).
 
     After sampling, :meth:`curve` gives per step ``(index, t, mean, std, count)`` pooled over all
-    batches, and :attr:`values` the raw per-sample ratios by step index.
+    batches, and :attr:`values` the raw per-sample ratios by step index, of the last run (reset in
+    :meth:`setup`).
     """
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.values: dict[int, list[torch.Tensor]] = {}
         self.t_of: dict[int, int] = {}
+
+    def setup(self, run: RunContext) -> None:
+        self.reset()
 
     def after_step(self, state: StepState) -> None:
         if state.sigma <= 0:

@@ -68,6 +68,8 @@ class TimeCorrectionSampler(SamplerPlugin):
     step; skipped after the last step. ``gate``: correct only samples with ``|t~ - t_prev| > gate``
     (default 0: every sample whose predicted time differs; where ``t~ = t_prev`` the re-projection is
     the identity up to clamping).
+
+    :attr:`extra_model_calls` counts the extra network calls of the last run (reset in :meth:`setup`).
     """
 
     def __init__(self, predictor: Any, gate: int = 0, condition: Any = None) -> None:
@@ -78,6 +80,7 @@ class TimeCorrectionSampler(SamplerPlugin):
 
     def setup(self, run: RunContext) -> None:
         check_predictor(self.predictor, run.sampler)
+        self.extra_model_calls = 0
 
     @torch.no_grad()
     def after_step(self, state: StepState) -> None:
@@ -115,6 +118,8 @@ class TimeShiftSampler(SamplerPlugin):
         data_var: ``v_data``, the data's mean within-image pixel variance (:func:`image_variance`).
         window: width ``w`` of the search window in training steps.
         cutoff: shift only while ``t >= cutoff`` (training steps).
+
+    :attr:`shifts` holds the mean ``|t* - t|`` of every shifted step of the last run (reset in :meth:`setup`).
     """
 
     def __init__(self, data_var: float, window: int = 5, cutoff: int = 550) -> None:
@@ -126,6 +131,9 @@ class TimeShiftSampler(SamplerPlugin):
             raise ValueError(f"cutoff: expected an integer training step >= 0, got {cutoff!r}")
         self.data_var, self.window, self.cutoff = float(data_var), window, cutoff
         self.shifts: list[float] = []
+
+    def setup(self, run: RunContext) -> None:
+        self.shifts = []
 
     def before_model(self, state: StepState) -> None:
         if state.position == 0 or state.t < self.cutoff or self.window < 2:
@@ -147,7 +155,7 @@ class LangevinCorrector(SamplerPlugin):
     ``x <- x + delta s(x, t) + sqrt(2 delta) z``, ``s = -eps(x, t) / sqrt(1 - abar_t)``,
     ``delta = 2 alpha_t (r ||z|| / ||s||)^2`` per sample with ``alpha_t = 1 - beta_t`` and the
     signal-to-noise ratio ``r`` (0.16 in the paper for CIFAR-10). ``steps`` corrector steps, one extra
-    network call each.
+    network call each (:attr:`extra_model_calls`, of the last run: reset in :meth:`setup`).
     """
 
     def __init__(self, snr: float = 0.16, steps: int = 1) -> None:
@@ -156,6 +164,9 @@ class LangevinCorrector(SamplerPlugin):
         if not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps: expected an integer >= 0, got {steps!r}")
         self.snr, self.steps = float(snr), steps
+        self.extra_model_calls = 0
+
+    def setup(self, run: RunContext) -> None:
         self.extra_model_calls = 0
 
     def before_model(self, state: StepState) -> None:

@@ -93,7 +93,8 @@ class TemporalAlignmentGuidance(SamplerPlugin):
             of the run (or one row for all), passed as ``cond`` to ``predictor``.
         shift, shift_losses: the condition-shifted time point of the ``inline`` placement (module docstring).
 
-    Counters ``predictor_calls`` and ``extra_model_calls`` record the cost (reported apart from NFE).
+    Counters ``predictor_calls`` and ``extra_model_calls`` record the cost of the last run (reported apart
+    from NFE; reset in :meth:`setup`).
     """
 
     def __init__(
@@ -146,6 +147,8 @@ class TemporalAlignmentGuidance(SamplerPlugin):
 
     def setup(self, run: RunContext) -> None:
         check_predictor(self.predictor, run.sampler)
+        self.predictor_calls = 0
+        self.extra_model_calls = 0
         if self.placement == "inline" and self.shift == "guided":
             plugins = list(run.plugins)
             if any(p is self for p in plugins):

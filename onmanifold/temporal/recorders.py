@@ -31,7 +31,8 @@ class TimeGapRecorder(SamplerPlugin):
         condition: labels of a conditional predictor (``(N, K)``, one row per sample of the run).
 
     It grades :attr:`~onmanifold.sampler.StepState.x_entering`, so its place in the plugin list does not
-    matter: corruptions (``perturb`` point) are included, TAG's ``pre`` move is not.
+    matter: corruptions (``perturb`` point) are included, TAG's ``pre`` move is not. What it reports
+    (:meth:`curve`, :meth:`mean`, :meth:`per_sample`) is of the last run (reset in :meth:`setup`).
     """
 
     def __init__(self, predictor: Any, condition: Any = None) -> None:
@@ -47,6 +48,7 @@ class TimeGapRecorder(SamplerPlugin):
 
     def setup(self, run: RunContext) -> None:
         check_predictor(self.predictor, run.sampler)
+        self.reset()  # the curve of this run only
 
     @torch.no_grad()
     def before_model(self, state: StepState) -> None:

@@ -314,3 +314,13 @@ def test_dsg_then_dps_keeps_both_moves(gmm, problem):
     assert len(seen) == 9
     for expect, got in seen:
         torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
+def test_sphere_deviation_recorder_reports_the_last_run_only(gmm, problem):
+    _, op, y = problem
+    rec = SphereDeviationRecorder()
+    run(gmm, [DiffusionPosteriorSampling(MeasurementLoss(op, y), 0.3), rec])
+    first = rec.curve()
+    assert all(r["count"] == 8 for r in first)
+    run(gmm, [DiffusionPosteriorSampling(MeasurementLoss(op, y), 0.3), rec])
+    assert rec.curve() == first

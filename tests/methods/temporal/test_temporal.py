@@ -395,3 +395,21 @@ def test_omega_grid_and_choice_on_validation():
         choose_omega(lambda w: float("nan") if w == 1 else w, [0.5, 1, 2])
     with pytest.raises(ValueError, match="low, high"):
         omega_grid(10, 1)
+
+
+# ---------------------------------------------------------------- per-run results: reset in setup, never piled up
+def test_results_are_per_run_and_reset_at_setup(toy):
+    oracle = ExactTimePosterior(toy)
+    rec, tag = TimeGapRecorder(oracle), TemporalAlignmentGuidance(oracle, 1.0, placement="inline", shift="sequential",
+                                                                  shift_losses=[(lambda x0: x0.pow(2).sum(1), 0.1)] * 2)
+    tss, lc = TimeShiftSampler(data_var=100.0, window=9, cutoff=0), LangevinCorrector(snr=0.16)
+    tcs = TimeCorrectionSampler(_Constant(3))
+
+    def once():
+        run(toy, [NoiseInjection(0.3), rec, tss, lc, tag, tcs], n=4, steps=5)
+        return (rec.curve(), rec.per_sample(), tag.predictor_calls, tag.extra_model_calls, list(tss.shifts),
+                lc.extra_model_calls, tcs.extra_model_calls)
+
+    first = once()
+    assert first[2] == 5 and first[3] == 5 and first[5] == 5 and first[6] == 4 and all(r["n"] == 4 for r in first[0])
+    assert once() == first  # a second sample() call reports its own run, not the sum of both
