@@ -12,18 +12,23 @@ Operators with per-sample parameters (inpainting masks) hold one row per sample 
 * :class:`Downsample` — super-resolution: ``A(x) = avgpool_f(x)`` (an exact linear stand-in for the
   paper's bicubic anti-aliased downsampling, documented deviation).
 * :class:`GaussianBlur` — ``A(x) = k * x`` with a normalised Gaussian kernel, reflect padding.
+
+Randomness: masks and measurement noise of sample ``i`` come from
+:func:`onmanifold.random.generator_for` ``(seed, i, "measurement-mask")`` / ``"measurement-noise"``,
+independent of the sampler's streams and of the number of samples.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Operator", "Inpainting", "Downsample", "GaussianBlur", "box_masks", "random_masks", "make_measurements", "measurement_generator"]
+from .random import generator_for
+
+__all__ = ["Operator", "Inpainting", "Downsample", "GaussianBlur", "box_masks", "random_masks", "make_measurements"]
 
 
 class Operator(nn.Module):
@@ -31,12 +36,6 @@ class Operator(nn.Module):
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def measurement_generator(seed: int, index: int, stream: int) -> torch.Generator:
-    """Generator of sample ``index``'s measurement randomness (``stream`` 1: masks, 2: noise), independent of the sampler's."""
-    s = int(np.random.SeedSequence([int(seed), int(index), 1000 + int(stream)]).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator().manual_seed(s)
 
 
 def box_masks(n: int, image_shape: tuple[int, int, int], box: int, margin: int = 0, seed: int = 0) -> torch.Tensor:
@@ -47,7 +46,7 @@ def box_masks(n: int, image_shape: tuple[int, int, int], box: int, margin: int =
         raise ValueError(f"box: expected 1 <= box <= min(H, W) - 2 * margin = {min(H, W) - 2 * margin}, got {box}")
     m = torch.ones(n, 1, H, W)
     for i in range(n):
-        g = measurement_generator(seed, i, 1)
+        g = generator_for(seed, i, "measurement-mask")
         y0 = int(torch.randint(margin, H - margin - box + 1, (1,), generator=g))
         x0 = int(torch.randint(margin, W - margin - box + 1, (1,), generator=g))
         m[i, :, y0 : y0 + box, x0 : x0 + box] = 0
@@ -62,7 +61,7 @@ def random_masks(n: int, image_shape: tuple[int, int, int], p_range: tuple[float
     _, H, W = image_shape
     m = torch.ones(n, 1, H, W)
     for i in range(n):
-        g = measurement_generator(seed, i, 1)
+        g = generator_for(seed, i, "measurement-mask")
         p = lo + (hi - lo) * float(torch.rand(1, generator=g))
         drop = torch.rand(H * W, generator=g).argsort()[: int(round(p * H * W))]
         m[i, 0].view(-1)[drop] = 0
@@ -138,5 +137,5 @@ def make_measurements(operator: Operator, x: torch.Tensor, sigma_y: float, seed:
         raise ValueError("x: contains NaN or Inf")
     with torch.no_grad():
         clean = operator(x, torch.arange(x.shape[0]))
-    noise = torch.stack([torch.randn(clean.shape[1:], generator=measurement_generator(seed, i, 2)) for i in range(x.shape[0])])
+    noise = torch.stack([torch.randn(clean.shape[1:], generator=generator_for(seed, i, "measurement-noise")) for i in range(x.shape[0])])
     return clean + sigma_y * noise

@@ -41,8 +41,8 @@ One step, in the notation of Song et al. (DDIM, ICLR 2021), with ``a_t = abar_t`
     mu      = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat
     x_prev  = mu + sigma_t z,   z ~ N(0, I) drawn once per step (only when sigma_t > 0)
 
-Randomness: with ``seed=`` every sample ``i`` owns a generator seeded by ``(seed, i)``; ``x_T`` and
-each step's ``z`` come from it, so sample ``i`` is the same whatever the batch size or the number of
+Randomness: with ``seed=`` every sample ``i`` owns a generator, :func:`onmanifold.random.generator_for`
+``(seed, i, "trajectory")``; ``x_T`` and each step's ``z`` come from it, so sample ``i`` is the same whatever the batch size or the number of
 samples drawn beside it. With ``generator=`` (a ``torch.Generator``) the whole batch draws from one
 generator, as diffusers does.
 
@@ -56,49 +56,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .random import BatchGenerator, PerSampleGenerators
 from .schedule import NoiseSchedule, StepCoefficients
 
-__all__ = ["SamplerPlugin", "RunContext", "StepState", "StepPrediction", "PerSampleGenerators", "DDIMSampler", "sample", "per_sample_seed", "check_update_order", "UPDATE_MODES"]
-
-
-def per_sample_seed(seed: int, index: int) -> int:
-    """The 64-bit seed of sample ``index`` under base ``seed`` (numpy ``SeedSequence([seed, index])``)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0])
-
-
-class PerSampleGenerators:
-    """One ``torch.Generator`` per sample, seeded by ``(seed, index)``; draws are stacked over the batch."""
-
-    def __init__(self, seed: int, indices: Iterable[int]) -> None:
-        self.seed = int(seed)
-        self.indices = [int(i) for i in indices]
-        self.generators = [torch.Generator().manual_seed(per_sample_seed(seed, i)) for i in self.indices]
-
-    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators])
-
-    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.stack([torch.rand(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators])
-
-
-class _BatchGenerator:
-    """The whole batch from one ``torch.Generator`` (diffusers' convention)."""
-
-    def __init__(self, generator: torch.Generator | None, batch: int) -> None:
-        self.generator = generator
-        self.batch = batch
-
-    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.randn((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype)
-
-    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.rand((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype)
+__all__ = ["SamplerPlugin", "RunContext", "StepState", "StepPrediction", "DDIMSampler", "sample", "check_update_order", "UPDATE_MODES"]
 
 
 @dataclass(frozen=True)
@@ -631,7 +597,7 @@ class DDIMSampler:
             for start in chunks:
                 stop = min(start + bs, n)
                 indices = list(range(first_index + start, first_index + stop))
-                rng = PerSampleGenerators(seed, indices) if generator is None else _BatchGenerator(generator, stop - start)
+                rng = PerSampleGenerators(seed, indices) if generator is None else BatchGenerator(generator, stop - start)
                 x = rng.randn(shape) if x_T is None else x_T[start:stop].clone()
                 c = cond[start:stop] if (torch.is_tensor(cond) and cond.dim() > 0 and cond.shape[0] == n) else cond
                 x0 = self._run(model, x, rng, indices, torch.arange(start, stop), plugins, c, callback, bar)

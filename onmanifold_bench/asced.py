@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onmanifold.random import generator_for
 from .runner import Cell, Suite, finished_records
 
 __all__ = ["asced_suite", "asced_demo_rows", "TC_SWEEP", "ABLATIONS", "write_asced_report"]
@@ -77,7 +78,7 @@ class _MovedMask:
         out = torch.zeros_like(res.mask)
         H, W = res.mask.shape[-2:]
         for b, i in enumerate(sample_indices):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+            g = generator_for(self.seed, int(i), "asced-moved-mask")
             dy, dx = (int(v) for v in torch.randint(0, H, (2,), generator=g))
             out[b] = torch.roll(res.mask[b], (dy, dx), (0, 1))
         return out

@@ -41,9 +41,9 @@ import math
 import zlib
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
+from ..random import generator_for
 from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 from .detector import ROBUST_SCALE, ASCEDConfig, StreamingArtifactDetector, dilate_mask, robust_median_mad
 
@@ -62,12 +62,9 @@ CORRECTION_STREAM = zlib.crc32(b"asced-correction")  # the third word of the cor
 
 
 def correction_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One generator per sample, seeded by numpy ``SeedSequence([seed, index, crc32("asced-correction")])``."""
-    gens = []
-    for i in indices:
-        s = int(np.random.SeedSequence([int(seed), int(i), CORRECTION_STREAM]).generate_state(1, dtype=np.uint64)[0])
-        gens.append(torch.Generator().manual_seed(s))
-    return gens
+    """One generator per sample: :func:`onmanifold.random.generator_for` ``(seed, index, "asced-correction")``
+    (numpy ``SeedSequence([seed, index, crc32("asced-correction")])``)."""
+    return [generator_for(seed, i, "asced-correction") for i in indices]
 
 
 def ttc_renoise(x_t: torch.Tensor, x0_prime: torch.Tensor, mask: torch.Tensor, abar_t: float, eps: torch.Tensor,

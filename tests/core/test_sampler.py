@@ -284,3 +284,31 @@ def test_update_plugins_must_declare_their_mode():
         s.sample(g, shape=(2,), num_samples=2, plugins=[Undeclared()])
     with pytest.raises(ValueError, match="Wrong.update_mode"):
         s.sample(g, shape=(2,), num_samples=2, plugins=[Wrong()])
+
+
+# ---------------------------------------------------------------- one seeding module
+def test_generator_for_is_the_one_seeding_rule():
+    import zlib
+
+    import numpy as np
+
+    from onmanifold.random import generator_for, seed_for
+
+    def ss(*w):
+        return int(np.random.SeedSequence(list(w)).generate_state(1, dtype=np.uint64)[0])
+
+    for seed, i in ((0, 0), (3, 7), (123, 1000)):
+        assert seed_for(seed, i) == ss(seed, i)  # the sampler's per-sample generators
+        assert seed_for(seed, i, "measurement-mask") == ss(seed, i, 1001)
+        assert seed_for(seed, i, "measurement-noise") == ss(seed, i, 1002)
+        assert seed_for(seed, i, "asced-correction") == ss(seed, i, zlib.crc32(b"asced-correction"))
+        assert seed_for(seed, i, "asced-moved-mask") == seed * 1_000_003 + i
+        assert seed_for(seed, i, 5) == ss(seed, i, 5)
+    a = torch.randn(4, generator=generator_for(2, 9, "measurement-noise"))
+    assert torch.equal(a, torch.randn(4, generator=torch.Generator().manual_seed(ss(2, 9, 1002))))
+    with pytest.raises(ValueError, match="stream"):
+        generator_for(0, 0, "trajectroy")
+    with pytest.raises(ValueError, match="seed"):
+        generator_for(-1, 0)
+    with pytest.raises(ValueError, match="index"):
+        seed_for(0, True)
