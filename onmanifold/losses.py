@@ -5,7 +5,7 @@ batch in the whole run, :attr:`StepState.rows`) select the per-sample measuremen
 Any plain callable ``x0_hat -> (B,)`` works too.
 
 * :class:`MeasurementLoss` — ``L_b = ||y_b - A(x0_hat_b)||_2`` (un-squared residual norm; DPS's
-  squared loss with step ``zeta / (2 ||y - A x0||)`` is the same update; DSG spec D6).
+  squared loss with step ``zeta / (2 ||y - A x0||)`` is the same update; docs/methods/dsg.md#D6).
 * :class:`ClassifierLoss` — ``L_b = -log softmax(f(x0_hat_b))[c_b]`` (label guidance).
 * :class:`FeatureLoss` — ``L_b = ||phi(x0_hat_b) - phi_ref_b||_2`` (feature guidance).
 * :class:`DecodedLoss` — ``L(D(z0_hat))``: a loss through a decoder (latent diffusion, e.g. a diffusers

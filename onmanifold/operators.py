@@ -1,6 +1,6 @@
 """Measurement operators ``A`` of linear inverse problems, with Gaussian measurement noise.
 
-``y = A(x) + sigma_y * w``, ``w ~ N(0, I)``, on the [-1, 1] data scale (DSG spec section 4: sigma_y = 0.05).
+``y = A(x) + sigma_y * w``, ``w ~ N(0, I)``, on the [-1, 1] data scale (sigma_y = 0.05: docs/methods/dsg.md#D14).
 
 Operators with per-sample parameters (inpainting masks) hold one row per sample of the whole run;
 ``A(x, rows)`` selects the rows of the current batch (``rows`` = positions in the run, as given by
@@ -107,7 +107,7 @@ class Downsample(Operator):
 class GaussianBlur(Operator):
     """Blur with a normalised ``size x size`` Gaussian kernel of std ``sigma`` pixels, reflect padding.
 
-    Project choices (DSG spec section 4): digits sigma 0.8 px, 5x5; shapes sigma 1.5 px, 9x9.
+    Project choices (docs/methods/dsg.md#D14): digits sigma 0.8 px, 5x5; shapes sigma 1.5 px, 9x9.
     """
 
     def __init__(self, sigma: float, size: int) -> None:

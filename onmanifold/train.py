@@ -285,7 +285,7 @@ def train_time_predictor(
     command: str = "",
     progress: bool = True,
 ) -> Path:
-    """Train the time predictor ``phi(x[, c])`` of ``bed`` (Temporal Alignment Guidance, spec section 2).
+    """Train the time predictor ``phi(x[, c])`` of ``bed`` (Temporal Alignment Guidance, docs/methods/tag.md#R1).
 
     Loss ``E_{t ~ U{0..T-1}, x0, eps}[-log softmax(phi(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps))_t]`` with a
     fresh ``t`` and ``eps`` per example, the diffusion model's schedule and data scaling. Networks:
@@ -293,7 +293,7 @@ def train_time_predictor(
     (gmm2d). ``conditions`` names label attributes (``digit``; ``type``, ``size``) the predictor is
     conditioned on (``p(t | x, c)``).
 
-    Deviation from the paper (Adam 1e-4, 300 k iterations): Adam with ``lr`` (default 1e-3) and cosine
+    Deviation from the paper (Adam 1e-4, 300 k iterations; docs/methods/tag.md#D9): Adam with ``lr`` (default 1e-3) and cosine
     decay over a few thousand iterations, so a predictor trains in minutes on a CPU; the iterations,
     wall time and accuracy curves are recorded in the checkpoint metadata.
     """

@@ -1,6 +1,6 @@
 """``onmanifold bench asced``: ASCED (Cao et al., CVPR 2025) on the shapes and digits test beds, scored against ground truth.
 
-Protocol (spec ``methods/asced.md`` section 5.2, sized for 2 CPU cores):
+Protocol (docs/methods/asced.md#P1, sized for 2 CPU cores):
 
 * sampler: the bundled ``shapes-unet`` / ``digits-unet`` (linear beta 1e-4 .. 0.02, T = 1000), DDIM-25 with
   ``t_n = round((24 - n) 999 / 24)`` (``spacing="linspace"``), eta = 0, clipped ``x0_hat``; base seed 0, sample
@@ -22,7 +22,7 @@ Protocol (spec ``methods/asced.md`` section 5.2, sized for 2 CPU cores):
   seeds of the main table). Ablations (500 samples): w = 1, uint8 frames, weighted-score quantity, gamma = 0.2,
   eta_c = 1, Score Clipping k = 2 / 5, and two controls: TTC on the detected mask moved to a random place
   (localisation) and on the whole image of flagged samples (targeting).
-* phases: f_n of the original runs (monitor mode), boundaries of spec section 1, split by GT.
+* phases: f_n of the original runs (monitor mode), boundaries of docs/methods/asced.md#D15, split by GT.
 * overhead: wall time of ASCED / plain DDIM-25 on the same 250 samples, same thread, warm-up excluded, median of
   5 alternating repeats; time spent inside the ASCED plugins alone.
 """
@@ -541,7 +541,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     L += ["", "Score Clipping changes every sample (no mask); its 'corrected' column is the share of outputs that differ from the original. "
           "Precision is low for every method because the bundled shapes UNet's samples carry a noisy background that real shapes do not "
           "have (`docs/results/models.md` gives precision 0.024 at DDIM-50); FD uses 1000 samples against the 2000 held-out images, as "
-          "every results page of the project does (the spec's equal-count variant was not run).", ""]
+          "every results page of the project does (an equal-count variant was not run; docs/methods/asced.md#P2).", ""]
     dg = summ["digits"]
     L += [f"## Digits (8x8, DDIM-25, {summ['main_n']} samples per method; no ground truth)", "",
           f"Detector flag rate on original runs: {_pct(dg['flagged_rate'])}.", "",

@@ -1,6 +1,6 @@
 """``onmanifold bench dsg``: DSG against DPS on the linear inverse problems and label guidance.
 
-Protocol (DSG spec section 5, small-scale protocol):
+Protocol (docs/methods/dsg.md#P1, small-scale protocol):
 
 * beds and tasks: digits (8x8) box inpainting (4x4 hole), random inpainting (p ~ U[0.3, 0.7]),
   super-resolution x2 (average pooling), Gaussian blur (sigma 0.8 px, 5x5); shapes (32x32) SR x4 and
@@ -48,7 +48,7 @@ TABLE3 = {
 }
 TASKS = {"digits": ("box", "random", "sr", "blur"), "shapes": ("sr", "blur")}
 # tasks where DSG with Table 3's (k, g_r) lost to DPS on FD and PSNR at every step count of the first full run;
-# the spec asks to re-tune g_r on the validation split in that case and to say so.
+# docs/methods/dsg.md#D15: re-tune g_r on the validation split in that case and say so.
 RETUNE_TASKS = ("sr", "blur")
 
 

@@ -1,6 +1,6 @@
 """``onmanifold bench tag``: Temporal Alignment Guidance against no correction and its baselines.
 
-Protocol (TAG spec section 8, scaled to 2 CPU cores; every knob chosen on validation seeds, reported
+Protocol (docs/methods/tag.md#P1, scaled to 2 CPU cores; every knob chosen on validation seeds, reported
 on test seeds; the rule is written next to each table of ``docs/results/tag.md``):
 
 * predictors: accuracy against ``t`` of every bundled time predictor on forward-noised held-out data;

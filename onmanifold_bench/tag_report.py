@@ -80,7 +80,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
     made = _figures(records, results_dir / "figures")
     L = ["# Temporal Alignment Guidance (TAG)", "",
          "Park, Jung, Bae, Yun, *Temporal Alignment Guidance: On-Manifold Sampling in Diffusion Models*, arXiv 2510.11057 (2025).",
-         "Specification: `shared/methods/tag.md`. Protocol: the docstring of `onmanifold/bench/tag.py` (repeated where it matters below).", "",
+         "Method: `docs/methods/tag.md`. Protocol: the docstring of `onmanifold_bench/tag.py` (repeated where it matters below).", "",
          "Command:", "", "```", command, "```", "", f"Date: {_dt.date.today().isoformat()}", ""]
     claims: list[str] = []
 
@@ -178,7 +178,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
             if clean and clean[0]["cell"]["setting"]["omega0"] == 0 and len(clean) > 1:
                 claims.append(f"corrupted digits, sigma = 0 (no corruption): validation FD {clean[0]['metrics']['fd']:.3g} without TAG, "
                               + ", ".join(f"{r['metrics']['fd']:.3g} at omega0 {r['cell']['setting']['omega0']:g}" for r in clean[1:3])
-                              + ": TAG is not free on clean trajectories (it is not marginal-preserving, spec section 9), so omega0 must be tuned.")
+                              + ": TAG is not free on clean trajectories (it is not marginal-preserving, docs/methods/tag.md#T4), so omega0 must be tuned.")
         for fig in ("figures/tag_time_gap_curves.png", "figures/tag_omega_sweep.png"):
             if fig in made:
                 L += [f"![{fig}]({fig})", ""]
@@ -271,23 +271,23 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
         claims.append(f"cost: TAG adds one predictor forward+backward per step, no network call: TAG/plain time {cost['ratio_tag_over_plain']:.2f}, "
                       f"DPS+TAG/DPS {cost['ratio_dps_tag_over_dps']:.2f}.")
 
-    L += ["## Deviations from the specification's protocol (cost on 2 CPU cores)", "",
+    L += ["## Deviations from the planned protocol of docs/methods/tag.md#P1 (cost on 2 CPU cores)", "",
           "- Time predictors: TimeCNN at half width (16/32/64/128, 0.61 M parameters instead of 1.41 M), Adam 1e-3 with cosine decay for "
           "4000-6000 iterations instead of Adam 1e-4 for 300 k; float16 storage.",
-          "- Corrupted digits: 1000 test samples per cell (spec: 2000), omega0 grid 0 / 0.5 / 2 / 5 / 20 / 50 / 200 (spec: 12 values), "
+          "- Corrupted digits: 1000 test samples per cell (planned: 2000), omega0 grid 0 / 0.5 / 2 / 5 / 20 / 50 / 200 (planned: 12 values), "
           "`post` only at the omega0 chosen for `pre`.",
           "- Few-step: omega0 grid 0 / 0.5 / 2 / 5 / 20. With omega_t = omega0 (1 - abar_t), TAG cannot act at NFE = 1 with leading spacing: "
-          "the only step is t = 0, where 1 - abar_0 = 1e-4 (the spec's caution: the paper's 1-step gain needs another schedule or placement).",
-          "- Label guidance: DDIM-50 eta = 1 (spec: DDIM-100; eta = 1 so that DSG, which refuses a deterministic sampler, runs on the same "
-          "sampler as every other method), 50 samples per label (spec: 200), zeta tuned once for all labels (spec: per label).",
-          "- Two attributes: 4 (type, size) pairs x 64 samples (spec: 500 per pair), one omega0 for every predictor (chosen with the "
+          "the only step is t = 0, where 1 - abar_0 = 1e-4 (docs/methods/tag.md#D20: the paper's 1-step gain needs another schedule or placement).",
+          "- Label guidance: DDIM-50 eta = 1 (planned: DDIM-100; eta = 1 so that DSG, which refuses a deterministic sampler, runs on the same "
+          "sampler as every other method), 50 samples per label (planned: 200), zeta tuned once for all labels (planned: per label).",
+          "- Two attributes: 4 (type, size) pairs x 64 samples (planned: 500 per pair), one omega0 for every predictor (chosen with the "
           "unconditional one); FD instead of KID; no shape-validity rate.",
-          "- Timestep Guidance and Self-Guidance are not implemented (their perturbation is unstated in the specification).",
+          "- Timestep Guidance and Self-Guidance are not implemented (their perturbation is unstated in the paper, docs/methods/tag.md#D19).",
           "- Time gap under `post`: the recorder reads the state entering each step; under `post` that state already carries the previous "
           "step's move toward this step's time, so `post`'s TG partly grades its own correction (under `pre` the move comes after the reading). "
           "Compare `pre` and `post` by FD, not by TG.",
           "- Time-Shift Sampler: the shifted time sets the network call and x0_hat, while sigma_t and abar_prev stay the nominal step's "
-          "(project reading; the spec marks the matching rule unconfirmed).",
+          "(project reading, not verified against the TS-DPM code: docs/methods/tag.md#D17).",
           "- Cost counts: TAG makes one predictor call (forward + backward) per step and no extra network call; TCS one extra network call "
           "per step (NFE 99 at 50 steps) and one predictor forward; Langevin one extra network call per step; the sequential shift one "
           "extra network call per step per extra condition (the NFE column of the label table counts network calls only).", ""]

@@ -1,4 +1,4 @@
-"""ASCED's Trajectory-aware Targeted Correction (TTC) and its baselines (Cao et al., CVPR 2025; spec section 3-4).
+"""ASCED's Trajectory-aware Targeted Correction (TTC) and its baselines (Cao et al., CVPR 2025; docs/methods/asced.md#R4, docs/methods/asced.md#B1).
 
 TTC, once, at step ``n_c`` *before the model call*, for every sample whose mask is non-empty:
 
@@ -7,7 +7,7 @@ TTC, once, at step ``n_c`` *before the model call*, for every sample whose mask 
 
 with ``x0' = x0_hat_{n_c - 1}``, the previous step's clean estimate (the official code's ``reverse_step = 1``,
 no extra network call). Outside ``M_d`` the state is untouched bit for bit. ``gamma xi`` is *added* to ``x0'``
-(the printed Eq. 6 multiplies; spec section 7). ``gamma = 0`` by default (code).
+(the printed Eq. 6 multiplies; docs/methods/asced.md#D11). ``gamma = 0`` by default (code).
 
 Why "trajectory-aware": DDIM with eta = 0 gives ``x_{n_c} = sqrt(abar) x0_hat_{n_c-1} + sqrt(1 - abar)
 eps_hat_{n_c-1}`` exactly, so inside the mask TTC keeps the current clean estimate and only swaps the model's
@@ -69,7 +69,7 @@ def correction_generators(seed: int, indices: Sequence[int]) -> list[torch.Gener
 
 def ttc_renoise(x_t: torch.Tensor, x0_prime: torch.Tensor, mask: torch.Tensor, abar_t: float, eps: torch.Tensor,
                 xi: torch.Tensor | None = None, gamma: float = 0.0) -> torch.Tensor:
-    """``M * (sqrt(abar) (x0' + gamma xi) + sqrt(1 - abar) eps) + (1 - M) * x_t`` (spec 3.1), a pure function.
+    """``M * (sqrt(abar) (x0' + gamma xi) + sqrt(1 - abar) eps) + (1 - M) * x_t`` (docs/methods/asced.md#R4), a pure function.
 
     ``mask`` is ``(B, H, W)`` or ``(B, 1 or C, H, W)`` bool, broadcast over channels; outside it ``x_t`` is
     returned bit for bit (``torch.where``).
@@ -300,7 +300,7 @@ class ScoreClipping(SamplerPlugin):
 
 
 class AbnormalScoreCorrection(SamplerPlugin):
-    """ASCED in one plugin: the streaming detector followed by TTC at ``n_c`` (spec 3.2).
+    """ASCED in one plugin: the streaming detector followed by TTC at ``n_c`` (docs/methods/asced.md#R5).
 
     Usable with any eps-model the sampler accepts, e.g. a diffusers ``UNet2DModel`` through
     :func:`onmanifold.model.as_eps_model`::

@@ -27,7 +27,7 @@ Streaming: per sample only the previous ``x0_hat`` (and its frame), ``U``, ``Z``
 memory does not grow with the number of steps. ``keep_flag_maps=True`` (analysis only, for the phase
 curves split by a ground-truth mask) additionally keeps every step's flag map.
 
-Project decisions (spec ``methods/asced.md`` sections 2 and 7): float frames by default, uint8 only in
+Project decisions (docs/methods/asced.md#D1 to docs/methods/asced.md#D6): float frames by default, uint8 only in
 ``quantize`` mode; ``a_min = 1`` grey level guards ``mad = 0`` (0 in code-faithful mode); the blur mixes
 channels only with ``blur_channels=True`` (a quirk of the code); spatial parameters scaled by
 ``s = H / 256`` with floors (:meth:`ASCEDConfig.for_resolution`); ``n_d = round(0.24 N)`` (the paper does
@@ -69,7 +69,7 @@ TC_ALPHA_BAR = 0.0778  # abar at t = 500 of ADM's linear schedule: the paper's T
 
 @dataclass(frozen=True)
 class ASCEDConfig:
-    """Every knob of ASCED's detector and correction (spec section 2.3; defaults = the official code at 256x256).
+    """Every knob of ASCED's detector and correction (docs/methods/asced.md#D5; defaults = the official code at 256x256).
 
     Args:
         sigma: Gaussian blur std in pixels (0 disables).
@@ -146,7 +146,7 @@ class ASCEDConfig:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def for_resolution(cls, height: int, **overrides) -> "ASCEDConfig":
-        """The spatial parameters scaled from the code's 256x256 values by ``s = height / 256`` (spec 2.3).
+        """The spatial parameters scaled from the code's 256x256 values by ``s = height / 256`` (docs/methods/asced.md#D5).
 
         ``sigma = max(2 s, 0.5)``, ``area_min = max(1, round(100 s^2))``, ``area_max = round(10000 s^2)``,
         ``min_width = max(1, round(5 s))`` except 2 at 17..63 px (32x32: removes the 1-px streaks of
@@ -265,7 +265,7 @@ def robust_median_mad(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def step_flags(f_prev: torch.Tensor, f_cur: torch.Tensor, config: ASCEDConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-step test (spec 2.2 steps 1-5) of one step pair: ``(flag (B, H, W) bool, z (B, H, W) float64)``.
+    """Per-step test (docs/methods/asced.md#R3) of one step pair: ``(flag (B, H, W) bool, z (B, H, W) float64)``.
 
     ``z = (max_c D - med) / (1.4826 mad + 1e-6)`` is the robust z-map (the AUROC score).
     """
@@ -280,7 +280,7 @@ def step_flags(f_prev: torch.Tensor, f_cur: torch.Tensor, config: ASCEDConfig) -
 
 
 def filter_components(union: torch.Tensor, config: ASCEDConfig) -> torch.Tensor:
-    """Spec 2.2 steps 7-9: 4-connected components of ``union`` (B, H, W) kept iff ``A_min < area < A_max`` and
+    """docs/methods/asced.md#R3, filters: 4-connected components of ``union`` (B, H, W) kept iff ``A_min < area < A_max`` and
     they contain a full ``w x w`` block; returns their union ``M`` (B, H, W) bool.
 
     The block test: a ``w x w`` window entirely inside ``union`` lies inside one component (a square is
@@ -337,7 +337,7 @@ class DetectionResult:
 
 
 class StreamingArtifactDetector(SamplerPlugin):
-    """ASCED's detector as an ``after_step`` observer (module docstring; spec section 2).
+    """ASCED's detector as an ``after_step`` observer (module docstring; docs/methods/asced.md#R3).
 
     Args:
         config: an :class:`ASCEDConfig`, or ``"auto"`` for :meth:`ASCEDConfig.for_resolution` of the first
@@ -450,7 +450,7 @@ class StreamingArtifactDetector(SamplerPlugin):
 
     # ------------------------------------------------------------------ streaming core
     def observe(self, x0_hat: torch.Tensor, n: int, eps: torch.Tensor | None = None, abar_t: float | None = None) -> None:
-        """Observe frame ``n`` (spec 2.4's ``update``; named ``observe`` because ``update`` is a sampler point): anchor copy at ``n = anchor_frame``; the per-step test on ``(n-1, n)``
+        """Observe frame ``n`` (docs/methods/asced.md#D8; named ``observe`` because ``update`` is a sampler point): anchor copy at ``n = anchor_frame``; the per-step test on ``(n-1, n)``
         inside the window (or always in monitor mode); then ``prev <- x0_hat``.
 
         Frames must arrive in order ``0, 1, 2, ...`` within a batch.
@@ -480,7 +480,7 @@ class StreamingArtifactDetector(SamplerPlugin):
         self.prev_frame = frame
 
     def finalize(self) -> DetectionResult:
-        """Spec 2.2 steps 7-9 on the union of the window; idempotent within a batch."""
+        """The filters of docs/methods/asced.md#R3 on the union of the window; idempotent within a batch."""
         if self.result is not None:
             return self.result
         if self.prev_frame is None:

@@ -1,6 +1,6 @@
 """ASCED's phases of the reverse trajectory: Profiling, Mutation, Refinement (Cao et al., CVPR 2025, Sec. 3, Fig. 7).
 
-Operational definition [D] (spec section 1), from the detector in monitor mode on *uncorrected* runs:
+Operational definition (docs/methods/asced.md#D15), from the detector in monitor mode on *uncorrected* runs:
 
     f_n   = fraction of pixels flagged by the per-step test (before union and filters) for the pair (n-1, n),
             n = 1 .. N-1, averaged over samples (the Fig. 7 curve)

@@ -2,7 +2,7 @@
 
 Its noised marginals stay mixtures, ``p_t = 1/2 sum_j N(sqrt(abar_t) mu_j, (abar_t s^2 + 1 - abar_t) I)``,
 so the exact score is known at every ``t`` (:class:`onmanifold.model.GaussianMixtureModel`).
-The diffusion schedule for this bed is linear with ``T = 100``, betas 1e-3 .. 0.2 (TAG spec 8.1),
+The diffusion schedule for this bed is linear with ``T = 100``, betas 1e-3 .. 0.2 (docs/methods/tag.md#D14),
 for which ``sqrt(abar_99) * ||mu|| ~ 3e-3``.
 """
 

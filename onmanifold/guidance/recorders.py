@@ -3,7 +3,7 @@
     rho_i = ||x_{t-1} - mu_i|| / (sqrt(n) sigma_i)      per sample, on every step with sigma_i > 0
 
 Unguided sampling gives ``rho ~ 1 +- 1/sqrt(2n)``; DSG gives exactly 1; DPS gives > 1.
-(Yang et al., ICML 2024, section 4 / DSG spec section 6.)
+(Yang et al., ICML 2024, section 4; docs/methods/dsg.md#R5.)
 """
 
 from __future__ import annotations

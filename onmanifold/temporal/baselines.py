@@ -1,16 +1,15 @@
-"""Baselines of Temporal Alignment Guidance, each a sampler plugin (TAG spec section 7).
+"""Baselines of Temporal Alignment Guidance, each a sampler plugin (docs/methods/tag.md#B2 to #B6).
 
 * :class:`EpsilonScaling` — Ning et al., "Elucidating the Exposure Bias in Diffusion Models", ICLR 2024.
 * :class:`TimeCorrectionSampler` — Jung et al., "Conditional Synthesis of 3D Molecules with Time
-  Correction Sampler", NeurIPS 2024 (TCS; the reading of the TAG spec, marked there "not confirmed").
+  Correction Sampler", NeurIPS 2024 (TCS; the project's reading, docs/methods/tag.md#D16).
 * :class:`TimeShiftSampler` — Li et al., "Alleviating Exposure Bias in Diffusion Models through
-  Sampling with Shifted Time Steps", ICLR 2024 (the project's matching rule, spec section 7).
+  Sampling with Shifted Time Steps", ICLR 2024 (the project's matching rule, docs/methods/tag.md#D17).
 * :class:`LangevinCorrector` — Song et al., "Score-Based Generative Modeling through Stochastic
   Differential Equations", ICLR 2021 (the corrector of the PC sampler, signal-to-noise step rule).
 
-Timestep Guidance and Self-Guidance are not implemented: the specification leaves their perturbed
-time / noise level unstated ("verify against the original papers"), so any choice would be ours,
-not theirs.
+Timestep Guidance and Self-Guidance are not implemented: the TAG paper leaves their perturbed
+time / noise level unstated, so any choice would be ours, not theirs (docs/methods/tag.md#D19).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class EpsilonScaling(SamplerPlugin):
     ``x0_hat`` is then computed (and clamped) from the scaled ``eps`` and ``eps`` re-derived from it,
     as the ADM-ES code does. ``t`` is the training step. ADM-ES default ``k = 0`` (constant
     ``lambda = b``); typical ``b``: 1.017 (CIFAR-10, 100 steps) .. 1.004. Under loss guidance the loss
-    sees the ``x0_hat`` of the scaled ``eps`` (project choice, spec section 7).
+    sees the ``x0_hat`` of the scaled ``eps`` (project choice, docs/methods/tag.md#D15).
     """
 
     def __init__(self, b: float = 1.017, k: float = 0.0) -> None:
@@ -92,7 +91,7 @@ class TimeCorrectionSampler(SamplerPlugin):
         if not bool(hit.any()):
             return
         self.extra_model_calls += 1
-        # x0_hat at t~ clamped like the sampler's, but the network's eps kept (spec): re-deriving eps from the
+        # x0_hat at t~ clamped like the sampler's, but the network's eps kept (docs/methods/tag.md#D16): re-deriving eps from the
         # clamped x0 would divide the clamping residual by sqrt(1 - abar_t~)
         eps, x0, _, _ = state.model_at(x, t_hat)
         a_p = state.coeffs.abar_prev
@@ -111,7 +110,7 @@ class TimeShiftSampler(SamplerPlugin):
     At each step with nominal ``t >= cutoff`` (after the first), the state's variance ``v`` over
     (C, H, W) picks ``t* = argmin_{|k - t| <= window // 2} |v - (abar_k v_data + 1 - abar_k)|`` per sample;
     the network call and ``x0_hat``/``eps_hat``/``mu`` use ``abar_{t*}``, while ``sigma`` and ``abar_prev``
-    stay the nominal step's (project reading of the matching rule, spec section 7). Official TS-DPM
+    stay the nominal step's (project reading of the matching rule, docs/methods/tag.md#D17). Official TS-DPM
     settings: ``window`` 5 / ``cutoff`` 550 (F-PNDM, 100 steps), 30 / 300 (DPM-Solver, 5 steps), T = 1000.
 
     Args:

@@ -1,7 +1,7 @@
 """Perturbations of the reverse process that push samples off the manifold (TAG experiments).
 
-Both act at the start of each step, before TAG and before the network call (TAG spec section 10 #16,
-the App. E.2 order); they use the sampler's ``perturb`` point, which runs
+Both act at the start of each step, before TAG and before the network call (the App. E.2
+order, docs/methods/tag.md#D13); they use the sampler's ``perturb`` point, which runs
 before every ``before_model`` plugin, so :attr:`~onmanifold.sampler.StepState.x_entering` includes them.
 
 * :class:`NoiseInjection` — the corrupted reverse process of Sec. 3.4: ``x_t <- x_t + sigma z``,

@@ -9,7 +9,7 @@ noisy state over the ``T`` training steps, ``p_phi(t | x) = softmax(phi(x))_t``,
 pulls ``x`` toward the manifold of time ``t`` (always *ascending* ``log p_phi(t | x)``).
 
 * :class:`TimePredictor` wraps a network with the schedule it was trained on, so a sampler with a
-  different ``T`` or a different ``abar`` is refused early (spec section 2, "fail early").
+  different ``T`` or a different ``abar`` is refused early (docs/methods/tag.md#D10).
 * :class:`ExactTimePosterior` is the oracle for Gaussian-mixture data: logits ``log p_k(x)`` give the
   exact ``p(k | x)`` under a uniform prior, so tests check the TLS against Theorem 3.3 in closed form.
 * :func:`predictor_accuracy` measures a predictor against ``t`` on forward-noised held-out data.
@@ -79,7 +79,7 @@ class TimePredictor(nn.Module):
 class ExactTimePosterior(nn.Module):
     """Oracle time predictor of a :class:`~onmanifold.model.GaussianMixtureModel`: logits ``log p_k(x)``.
 
-    Under a uniform prior over ``k``, ``softmax_k(log p_k(x)) = p(k | x)`` exactly (TAG spec section 3).
+    Under a uniform prior over ``k``, ``softmax_k(log p_k(x)) = p(k | x)`` exactly (docs/methods/tag.md#R3).
     Computed in float64 over ``times`` (default all ``T`` steps).
     """
 

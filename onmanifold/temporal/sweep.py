@@ -1,4 +1,4 @@
-"""Choosing Temporal Alignment Guidance's strength on validation seeds (TAG spec section 9: "omega must be tuned").
+"""Choosing Temporal Alignment Guidance's strength on validation seeds (docs/methods/tag.md#D12).
 
 The paper tunes ``omega0`` per task and target on an unreported grid (best values span 0.2 .. 200). The
 library ships the grid and the selection rule so that every result can say how its ``omega0`` was chosen:

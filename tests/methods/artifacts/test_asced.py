@@ -1,4 +1,5 @@
-"""ASCED (Cao et al., CVPR 2025): exact tests of the streaming detector, TTC and its baselines (spec sections 2-4).
+"""ASCED (Cao et al., CVPR 2025): exact tests of the streaming detector, TTC and its baselines
+(the properties docs/methods/asced.md#T1 to docs/methods/asced.md#T7).
 
 Most tests drive the real sampler with a *planted* eps-model: its clean-image prediction is a known function of t
 (a smooth global ramp, plus, for chosen samples, a 4x4 blob that switches on abruptly between two steps), so

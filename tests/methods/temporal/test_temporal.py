@@ -1,4 +1,5 @@
-"""Temporal Alignment Guidance and its baselines: exact checks on the analytic Gaussian mixture (TAG spec sections 3, 4, 9)."""
+"""Temporal Alignment Guidance and its baselines: exact checks on the analytic Gaussian mixture
+(docs/methods/tag.md#T1 to docs/methods/tag.md#T7)."""
 
 import math
 
@@ -44,7 +45,7 @@ def run(model, plugins, n=16, steps=20, eta=0.0, seed=5, schedule=TOY, clamp=Fal
     return s.sample(model, x_T(n, seed=seed), plugins=plugins, seed=0)
 
 
-# ---------------------------------------------------------------- section 3: the time-linked score
+# ---------------------------------------------------------------- the time-linked score (docs/methods/tag.md#T1)
 def test_tls_of_the_exact_posterior_is_theorem_3_3(toy):
     """Autograd through the oracle logits log p_k(x) equals s_i - sum_k gamma_k s_k (float64, rel. err <= 1e-8)."""
     oracle = ExactTimePosterior(toy)
@@ -86,7 +87,7 @@ def test_tls_ascends_log_p_t_given_x(toy):
     assert bool((after > before).all())
 
 
-# ---------------------------------------------------------------- fail early
+# ---------------------------------------------------------------- fail early (docs/methods/tag.md#D10)
 def test_oracle_over_a_subset_of_times_is_refused_by_the_sampler(toy):
     oracle = ExactTimePosterior(toy, times=list(range(0, 100, 2)))
     with pytest.raises(ValueError, match="training steps"):
@@ -132,7 +133,7 @@ def test_conditional_predictor_needs_its_condition():
         phi(torch.zeros(2, 1, 8, 8), torch.tensor([[5], [0]]))
 
 
-# ---------------------------------------------------------------- section 4: placements
+# ---------------------------------------------------------------- placements (docs/methods/tag.md#T2, #T3, #T5)
 def test_omega_zero_is_a_bit_for_bit_no_op(toy):
     oracle = ExactTimePosterior(toy)
     base = run(toy, [LinearDrift(0.01)])
@@ -215,7 +216,7 @@ def test_sequential_shift_costs_one_extra_call_per_extra_condition(toy):
     assert tag.predictor_calls == 10
 
 
-# ---------------------------------------------------------------- section 9: TAG is not marginal-preserving (exact data N(0, 0.25 I_d))
+# ---------------------------------------------------------------- TAG is not marginal-preserving (docs/methods/tag.md#T4)
 def _one_tag_step(d, t, scale=1.0, n=None, omega0=0.5):
     sched = NoiseSchedule.linear(1000, 1e-4, 0.02)
     gauss = GaussianMixtureModel(torch.zeros(1, d, dtype=torch.float64), 0.5, sched)
@@ -234,8 +235,8 @@ def _one_tag_step(d, t, scale=1.0, n=None, omega0=0.5):
 def test_one_tag_step_distorts_exact_draws_in_one_dimension():
     _, r100, _, _ = _one_tag_step(1, 100)
     _, r800, _, _ = _one_tag_step(1, 800)
-    assert -0.22 < r100 - 1 < -0.10  # spec: about -16 %
-    assert 0.18 < r800 - 1 < 0.32  # spec: about +25 %
+    assert -0.22 < r100 - 1 < -0.10  # docs/methods/tag.md#T4: about -16 %
+    assert 0.18 < r800 - 1 < 0.32  # about +25 %
 
 
 def test_one_tag_step_barely_moves_exact_draws_in_high_dimension():
@@ -246,13 +247,13 @@ def test_one_tag_step_barely_moves_exact_draws_in_high_dimension():
 
 def test_mis_scaled_state_is_pulled_back_and_saturated_one_is_not():
     r0, r1, g0, g1 = _one_tag_step(3072, 400, scale=0.85)
-    assert abs(r0 - 0.7225) < 0.01 and abs(r1 - 1.007) < 0.01  # spec: 0.72 -> 1.007
-    assert g0 > 100 and g1 < 15  # spec: TG 146 -> 5
+    assert abs(r0 - 0.7225) < 0.01 and abs(r1 - 1.007) < 0.01  # docs/methods/tag.md#T4: 0.72 -> 1.007
+    assert g0 > 100 and g1 < 15  # time gap about 146 -> 5
     r0, r1, _, _ = _one_tag_step(3072, 800, scale=1.15)
     assert abs(r1 - r0) < 1e-3  # saturates at t = T - 1: no move
 
 
-# ---------------------------------------------------------------- time gap
+# ---------------------------------------------------------------- time gap (docs/methods/tag.md#T6)
 class _Constant(torch.nn.Module):
     """Logits peaked at a fixed class ``k``."""
 
@@ -285,7 +286,7 @@ def test_time_gap_is_read_before_the_tag_move(toy):
     assert a.curve() == b.curve()
 
 
-# ---------------------------------------------------------------- baselines
+# ---------------------------------------------------------------- baselines (docs/methods/tag.md#T7)
 def test_epsilon_scaling_divides_eps_before_x0_hat(toy):
     assert torch.equal(run(toy, [EpsilonScaling(1.0)]), run(toy, []))
     seen = []
