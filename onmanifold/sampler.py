@@ -1,21 +1,39 @@
-"""The one sampling loop, its explicit per-step state and its plugin points.
+"""The one sampling loop, its explicit per-step state and the plugin contract.
 
 Every method of the library (DPS, DSG, Temporal Alignment Guidance and its baselines, ASCED,
-recorders, corruptions) is a :class:`SamplerPlugin` called at named points of one DDIM(eta) step:
+recorders, corruptions) is a :class:`SamplerPlugin`. This docstring is the contract between the loop
+and its plugins; :meth:`DDIMSampler.sample` enforces, before any work, what can be checked up front.
+
+A run: ``sample()`` checks its arguments and the plugin list (types, update modes), builds one
+:class:`RunContext` (sampler, per-sample shape, number of samples, seed, device, dtype, the plugin
+list) and calls every plugin's ``setup(run)`` once, in list order. Then, for each batch and step,
+every point calls the plugins in list order:
+
+    perturb -> (x_entering recorded) -> before_model -> model call -> after_model
+            -> x_prev = mu + sigma_t z -> update -> after_step -> callback(state)
+
+and ``finish(x0, sample_indices)`` after each batch. The model call runs in a gradient island when
+some plugin's ``needs_grad(state)`` is true for the step (below).
 
 ==================  ==============================================================================
 point               what a plugin may do
 ==================  ==============================================================================
+``setup(run)``      validate the sampler (DSG refuses ``eta = 0``), resolve settings that depend on
+                    the run (``run.sample_shape``: never from the first batch), reset per-run results
 ``perturb``         move ``state.x_t`` as part of the process under study (injected noise, drift:
                     :mod:`onmanifold.temporal.corruptions`); the loop then records the result as
                     ``state.x_entering``, the state a step's corrections and diagnostics start from
-``before_model``    move ``state.x_t`` (TAG pre-step, ASCED correction, injected corruption/drift);
-                    change ``state.t`` (the coefficients are recomputed), or call the network at
-                    per-sample times with :meth:`StepState.set_time_per_sample` (Time-Shift Sampler)
-``after_model``     change ``state.eps`` through :meth:`StepState.set_eps` (Epsilon Scaling, CFG)
+``before_model``    move ``state.x_t`` (TAG pre-step, ASCED's correction, Langevin); change
+                    ``state.t`` (the coefficients are recomputed) or ``state.coeffs`` (a step's own
+                    eta: ASCED), or call the network at per-sample times with
+                    :meth:`StepState.set_time_per_sample` (Time-Shift Sampler)
+``after_model``     change ``eps`` through :meth:`StepState.set_eps` (Epsilon Scaling, CFG), or
+                    ``x0_hat``/``eps_hat``/``mu`` together through :meth:`StepState.predict`
+                    (Score Clipping)
 ``update``          move ``state.x_prev`` as declared by ``update_mode`` (below; DPS, DSG, TAG inline;
                     they share :meth:`StepState.loss_gradient`)
 ``after_step``      move or observe ``state.x_prev`` (TAG post-step, TCS, detectors, recorders)
+``finish``          observe the batch's clean samples
 ==================  ==============================================================================
 
 Update modes: ``x_prev`` enters the ``update`` point as the plain step ``mu + sigma_t z`` and the
@@ -29,9 +47,27 @@ plugins move it in list order, each declaring how (:attr:`SamplerPlugin.update_m
 ``None``         leaves it alone (the default; observers)                            recorders
 ===============  ==================================================================  =================
 
-A replacement after a displacement would silently drop it, so :meth:`DDIMSampler.sample` refuses,
-before any work, a list with more than one replacing plugin or with the replacing one after a
-displacing one, and names the order that keeps every move (``[DPS, DSG]`` -> ``[DSG, DPS]``).
+A replacement after a displacement would silently drop it, so :meth:`DDIMSampler.sample` refuses
+an ``update`` override without a declared mode, a list with more than one replacing plugin, and a
+replacing plugin after a displacing one, naming the order that keeps every move
+(``[DPS, DSG]`` -> ``[DSG, DPS]``).
+
+What a plugin may not do:
+
+* reach into another plugin: what one needs from another passes through a declared field of the
+  state (``x_entering``, ``x0_hat``, ``x_prev``, ...) or of the run. ``run.plugins`` serves order
+  checks only (TAG's inline ``shift="guided"`` must follow the guidance it shifts by); a composite
+  plugin may own and call its parts (:class:`~onmanifold.artifacts.AbnormalScoreCorrection`).
+* re-derive the step algebra: ``(x0_hat, eps_hat, mu)`` from a given ``eps`` or ``x0``, a model call
+  at another point or time, and a loss gradient at another point are :meth:`StepState.predict`,
+  :meth:`StepState.model_at` and :meth:`StepState.loss_gradient_at`, over the one formula
+  :meth:`DDIMSampler.mean_from_eps` (time shifts and clamping included).
+* draw from torch's global generator: per-sample noise comes from :meth:`StepState.randn_like`
+  (the trajectory's generators) or from :func:`onmanifold.random.generator_for` with a stream of
+  its own.
+* accumulate results across runs: what a plugin records describes the last ``sample()`` call.
+* write ``state.x_entering`` or the sampler, or change ``state.t``/``state.coeffs`` after
+  ``before_model``; the loop detaches ``x_prev`` after ``update`` and after ``after_step``.
 
 One step, in the notation of Song et al. (DDIM, ICLR 2021), with ``a_t = abar_t``:
 
@@ -41,9 +77,10 @@ One step, in the notation of Song et al. (DDIM, ICLR 2021), with ``a_t = abar_t`
     mu      = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat
     x_prev  = mu + sigma_t z,   z ~ N(0, I) drawn once per step (only when sigma_t > 0)
 
-Randomness: with ``seed=`` every sample ``i`` owns a generator, :func:`onmanifold.random.generator_for`
-``(seed, i, "trajectory")``; ``x_T`` and each step's ``z`` come from it, so sample ``i`` is the same whatever the batch size or the number of
-samples drawn beside it. With ``generator=`` (a ``torch.Generator``) the whole batch draws from one
+Randomness: with ``seed=`` every sample ``i`` owns a generator,
+:func:`onmanifold.random.generator_for` ``(seed, i, "trajectory")``; ``x_T`` and each step's ``z``
+come from it, so sample ``i`` is the same whatever the batch size or the number of samples drawn
+beside it. With ``generator=`` (a ``torch.Generator``) the whole batch draws from one
 generator, as diffusers does.
 
 Gradients: the loop runs under ``torch.no_grad``; when a plugin's :meth:`SamplerPlugin.needs_grad`
@@ -322,15 +359,20 @@ def _bad(x: torch.Tensor, indices: list[int]) -> list[int]:
 class SamplerPlugin:
     """Base class of every sampler plugin; override the points you need (each default does nothing).
 
-    ``setup(run)`` runs once per :meth:`DDIMSampler.sample` call with the :class:`RunContext`
-    (validate the sampler here: DSG refuses ``eta = 0``; resolve resolution-dependent settings and
-    reset per-run results here);
-    ``finish`` once after each batch.
+    The contract (points, order, update modes, what a plugin may not do) is in the
+    :mod:`onmanifold.sampler` module docstring. In short:
 
-    A plugin that overrides :meth:`update` declares :attr:`update_mode`: ``"replace"`` (it sets
-    ``x_prev`` from the plain step's ``mu``, ``sigma`` and ``noise``, ignoring what it was handed:
-    DSG) or ``"displace"`` (it adds a displacement to the ``x_prev`` it was handed: DPS, TAG inline);
-    ``None`` (the default) says it never moves ``x_prev`` at that point.
+    * :meth:`setup` runs once per :meth:`DDIMSampler.sample` call with the :class:`RunContext`:
+      validate the sampler, resolve settings from ``run.sample_shape``, reset per-run results.
+    * :meth:`perturb`, :meth:`before_model`, :meth:`after_model`, :meth:`update`, :meth:`after_step`
+      run at every step in that order, each over the plugin list in order; :meth:`needs_grad` asks
+      for the step's gradient island; :meth:`finish` runs once after each batch.
+    * A plugin that overrides :meth:`update` declares :attr:`update_mode`: ``"replace"`` (it sets
+      ``x_prev`` from the plain step's ``mu``, ``sigma`` and ``noise``, ignoring what it was handed:
+      DSG) or ``"displace"`` (it adds a displacement to the ``x_prev`` it was handed: DPS, TAG
+      inline); ``None`` (the default) says it never moves ``x_prev`` at that point.
+    * Plugins talk through the state and the run only, do their step algebra with the
+      :class:`StepState` methods and draw randomness from :mod:`onmanifold.random`.
     """
 
     update_mode: str | None = None
