@@ -1,22 +1,50 @@
-"""The ``onmanifold`` command line: ``train``, ``sample``, ``bench``, ``demo``."""
+"""The ``onmanifold`` command line: ``train``, ``sample``, ``bench``, ``report``, ``demo``.
+
+The contract, for every command:
+
+* bad input (an option out of range, an option the run would not use, an unreadable input file, an
+  output folder that cannot be written) ends with one line on stderr, ``onmanifold: error: --option:
+  what is wrong``, and exit code 2, before any long work starts;
+* Ctrl-C ends with one line saying what was kept and how to resume, and exit code 130 (no traceback);
+* outputs are written atomically (:mod:`onmanifold.io`): an interrupted or failed run leaves the
+  earlier outputs as they were.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+
 
 def _command_line(argv: list[str]) -> str:
     return "onmanifold " + " ".join(shlex.quote(a) for a in argv)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a parse error in one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` (an option whose default the help text states, or that is off unless given)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(
+    fmt = _HelpFormatter
+    p = _Parser(
         prog="onmanifold",
         description="Keep diffusion sampling on the data manifold: DSG, Temporal Alignment Guidance and ASCED on one sampling core.",
         formatter_class=fmt,
@@ -95,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", help="bundled model name (gmm2d-mlp, digits-unet, shapes-unet) or a diffusers model folder")
     sp.add_argument("--num-samples", "-n", type=int, default=64, help="number of samples")
     sp.add_argument("--steps", type=int, default=50, help="sampling steps N (respaced from the T training steps)")
-    sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 ancestral (DDPM when steps = T)")
+    sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 ancestral (DDPM when steps = T)")
     sp.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"], help="timestep respacing")
     sp.add_argument("--seed", type=int, default=0, help="base seed; sample i uses its own generator seeded by (seed, i)")
     sp.add_argument("--batch-size", type=int, default=256, help="samples per network call (does not change the samples)")
@@ -106,12 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", default=None, choices=["box", "random", "sr", "blur", "label"],
                     help="inverse problem (box/random inpainting, super-resolution, Gaussian blur) or label guidance; needed with --method dps/dsg")
     sp.add_argument("--images", default=None, help="a .pt tensor (N, C, H, W) of ground-truth images to measure (default: the bed's held-out images)")
-    sp.add_argument("--sigma-y", type=float, default=0.05, help="std of the Gaussian measurement noise")
-    sp.add_argument("--target", type=int, default=None, help="label guidance: the target class (default: sample i gets class i %% 10)")
-    sp.add_argument("--zeta", type=float, default=1.0, help="DPS step size")
-    sp.add_argument("--guidance-rate", type=float, default=0.2, help="DSG guidance rate g_r in [0, 1]")
-    sp.add_argument("--interval", type=int, default=1, help="DSG interval k: guide every k-th step")
-    sp.add_argument("--out", default="samples", help="output folder")
+    sp.add_argument("--sigma-y", type=float, default=None, help="measurement tasks: std of the Gaussian measurement noise (default: 0.05)")
+    sp.add_argument("--target", type=int, default=None, help="--task label: the target class (default: sample i gets class i %% 10)")
+    sp.add_argument("--zeta", type=float, default=None, help="--method dps: the step size (default: 1.0)")
+    sp.add_argument("--guidance-rate", type=float, default=None, help="--method dsg: the guidance rate g_r in [0, 1] (default: 0.2)")
+    sp.add_argument("--interval", type=int, default=None, help="--method dsg: guide every k-th step (default: 1)")
+    sp.add_argument("--out", default="samples", help="output folder, checked before sampling (samples.pt, grid.png or scatter.png, "
+                                                  "comparison.png with a task, samples.json; replaced as one set)")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     # ---------------------------------------------------------------- bench
@@ -128,7 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     bp.add_argument("--import-results", default=None, metavar="SUITE.json",
                     help="first seed RUN_DIR/cells with the finished records of a committed summary (e.g. docs/results/dsg.json), "
-                         "so a fresh checkout adds cells without recomputing the finished ones")
+                         "so a fresh checkout adds cells without recomputing the finished ones (done by default from "
+                         "RESULTS_DIR/SUITE.json when RUN_DIR is new)")
+    bp.add_argument("--no-import", action="store_true",
+                    help="do not seed a new RUN_DIR from RESULTS_DIR/SUITE.json (compute every cell afresh)")
+    bp.add_argument("--force", action="store_true",
+                    help="write the summary and page even when they hold fewer finished records than RESULTS_DIR/SUITE.json "
+                         "(by default such a run refuses, so committed results are never lost)")
 
     # ---------------------------------------------------------------- report
     rp = sub.add_parser("report", help="one self-contained HTML page + a markdown summary for a run directory", formatter_class=fmt,
@@ -152,63 +187,154 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; bad input ends with a one-line ``onmanifold: error: ...`` and exit code 2."""
+    """Run the command line: 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C."""
     from .nets.checkpoint import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return _dispatch(args, argv)
+    except KeyboardInterrupt:
+        print(f"\nonmanifold: interrupted: {_what_was_kept(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except (ValueError, CheckpointError, FloatingPointError, TypeError) as e:
-        print(f"onmanifold: error: {e}", file=sys.stderr)
-        return 2
+        return _user_error(_name_the_option(str(e), parser, args))
+    except OSError as e:  # a file that cannot be read or written, a full disk
+        return _user_error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    except MemoryError:
+        return _user_error("out of memory; use a smaller --num-samples or --batch-size")
+    except RuntimeError as e:
+        if re.search(r"can't allocate memory|bad_alloc|out of memory", str(e), re.I):
+            return _user_error(f"out of memory ({str(e).strip().splitlines()[0][:120]}); use a smaller --num-samples or --batch-size")
+        raise
+    except SystemExit as e:  # raise SystemExit("message") from a command: the same one-line contract
+        if isinstance(e.code, str):
+            return _user_error(e.code)
+        raise
+
+
+def _user_error(message: str) -> int:
+    lines = [ln for ln in str(message).strip().splitlines() if ln.strip()] or ["unknown error"]
+    print(f"onmanifold: error: {' '.join(ln.strip() for ln in lines)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+_OPTION_ALIASES = {"num_steps": "steps", "conditions": "condition"}  # library argument -> CLI dest, where they differ
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that ran: ``sample``, ``train diffusion``, ..."""
+    for dest in ("command", "what"):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, dest, None)
+        if not subs or name not in subs[0].choices:
+            break
+        parser = subs[0].choices[name]
+    return parser
+
+
+def _name_the_option(message: str, parser: argparse.ArgumentParser, args) -> str:
+    """``'interval: ...'`` (a library argument) -> ``'--interval: ...'`` when the command has that option."""
+    m = re.match(r"([A-Za-z_][A-Za-z0-9_]*):", message)
+    if not m:
+        return message
+    dest = _OPTION_ALIASES.get(m.group(1), m.group(1))
+    for action in _chosen_parser(parser, args)._actions:
+        if action.dest == dest and action.option_strings:
+            flag = max(action.option_strings, key=len)
+            return flag + message[m.end() - 1:]
+    return message
+
+
+def _what_was_kept(args) -> str:
+    """The Ctrl-C line of each command: what is on disk now and how to go on."""
+    if args.command == "train":
+        out = Path(args.out)
+        if getattr(args, "resume", None) is not None:  # trainings with a resumable state
+            state = out / "training-state.pt"
+            if state.is_file():
+                return f"{state} keeps the training state of the last --save-every step; rerun the same command with --resume to continue from it"
+            return (f"no training state was saved yet (it is written every --save-every steps); {out} holds what it held before; "
+                    "rerun the command")
+        return f"this training is not resumable (it takes minutes); {out} holds what it held before; rerun the command"
+    if args.command == "sample":
+        return f"nothing was written; {args.out} holds the outputs it held before (they are replaced only when every sample is drawn); rerun the command"
+    if args.command == "bench":
+        from onmanifold_bench import default_run_dir
+
+        run_dir = args.run_dir or default_run_dir(args.suite or "SUITE", args.quick)
+        return (f"every finished cell is kept in {run_dir}/cells; rerun the same command to resume "
+                "(finished cells are skipped, the interrupted one starts again)")
+    if args.command == "report":
+        return "report.html and report.md were not replaced (they are written atomically); rerun the command"
+    if args.command == "demo":
+        return (f"the demo does not resume: {args.out} keeps the composition grids finished so far, summary.md and report.html are "
+                "written at the end; rerun the command")
+    return "nothing is kept"
+
+
+def _train(args, argv: list[str], progress: bool) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .train import train_classifier, train_diffusion
+
+    cmd = _command_line(argv)
+    if args.what == "diffusion":
+        out = train_diffusion(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
+                              seed=args.seed, save_every=args.save_every, command=cmd, progress=progress, resume=args.resume,
+                              unet_overrides=None if args.block_out_channels is None else {"block_out_channels": tuple(args.block_out_channels)})
+    elif args.what == "autoencoder":
+        from .train_latent import train_autoencoder
+
+        out = train_autoencoder(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
+                                ema_decay=args.ema_decay, seed=args.seed, save_every=args.save_every, resume=args.resume,
+                                command=cmd, progress=progress)
+    elif args.what == "latent-diffusion":
+        from .train_latent import train_latent_diffusion
+
+        out = train_latent_diffusion(args.vae, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                     ema_decay=args.ema_decay, cond_dropout=args.cond_dropout, token_dropout=args.token_dropout,
+                                     num_latents=args.num_latents, seed=args.seed, save_every=args.save_every, resume=args.resume,
+                                     half=not args.float32, command=cmd, progress=progress)
+    elif args.what == "time-predictor":
+        from .train import train_time_predictor
+
+        out = train_time_predictor(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, conditions=args.condition,
+                                   widths=args.widths, seed=args.seed, command=cmd, progress=progress)
+    else:
+        out = train_classifier(args.bed, args.role, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                               command=cmd, progress=progress)
+    print(f"saved {out}")
+    return 0
 
 
 def _dispatch(args, argv: list[str]) -> int:
+    from .io import check_output_dir, output_dir
+
     progress = not getattr(args, "no_progress", False)
     if args.command == "train":
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        from .train import train_classifier, train_diffusion
-
-        cmd = _command_line(argv)
-        if args.what == "diffusion":
-            out = train_diffusion(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
-                                  seed=args.seed, save_every=args.save_every, command=cmd, progress=progress, resume=args.resume,
-                                  unet_overrides=None if args.block_out_channels is None else {"block_out_channels": tuple(args.block_out_channels)})
-        elif args.what == "autoencoder":
-            from .train_latent import train_autoencoder
-
-            out = train_autoencoder(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, kl_weight=args.kl_weight,
-                                    ema_decay=args.ema_decay, seed=args.seed, save_every=args.save_every, resume=args.resume,
-                                    command=cmd, progress=progress)
-        elif args.what == "latent-diffusion":
-            from .train_latent import train_latent_diffusion
-
-            out = train_latent_diffusion(args.vae, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                         ema_decay=args.ema_decay, cond_dropout=args.cond_dropout, token_dropout=args.token_dropout,
-                                         num_latents=args.num_latents, seed=args.seed, save_every=args.save_every, resume=args.resume,
-                                         half=not args.float32, command=cmd, progress=progress)
-        elif args.what == "time-predictor":
-            from .train import train_time_predictor
-
-            out = train_time_predictor(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, conditions=args.condition,
-                                       widths=args.widths, seed=args.seed, command=cmd, progress=progress)
-        else:
-            out = train_classifier(args.bed, args.role, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                   command=cmd, progress=progress)
-        print(f"saved {out}")
-        return 0
+        if args.threads < 0:
+            raise ValueError(f"--threads: expected 0 (torch's default) or a positive count, got {args.threads}")
+        with output_dir(args.out, "--out"):  # checked before the training, not after it
+            return _train(args, argv, progress)
     if args.command == "sample":
         from .commands import run_sample
 
         return run_sample(args, progress)
     if args.command == "bench":
         from onmanifold_bench import run_bench_cli
+        from onmanifold_bench.runner import CellNotReady
 
-        return run_bench_cli(args, progress, _command_line(argv))
+        for flag in ("run_dir", "results_dir"):
+            if getattr(args, flag):
+                check_output_dir(getattr(args, flag), "--" + flag.replace("_", "-"))  # before the first cell
+        try:
+            return run_bench_cli(args, progress, _command_line(argv))
+        except CellNotReady as e:  # a cell needs one that --only/--exclude left out
+            raise ValueError(f"--only/--exclude: {e}; include the cells it needs, or drop the filter") from e
     if args.command == "report":
         from onmanifold_bench.report import write_report
 
@@ -218,7 +344,11 @@ def _dispatch(args, argv: list[str]) -> int:
     if args.command == "demo":
         from onmanifold_bench.demo import run_demo
 
-        return run_demo(args, progress)
+        for flag in ("dsg_samples", "tag_samples", "asced_samples", "compose_samples"):
+            if getattr(args, flag) < 1:
+                raise ValueError(f"--{flag.replace('_', '-')}: expected a positive number of samples, got {getattr(args, flag)}")
+        with output_dir(args.out, "--out"):
+            return run_demo(args, progress)
     raise AssertionError(args.command)
 
 

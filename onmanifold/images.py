@@ -1,15 +1,24 @@
-"""Saving image grids and 2-D scatter plots (PIL / matplotlib, no torchvision)."""
+"""Saving image grids and 2-D scatter plots (PIL / matplotlib, no torchvision).
+
+Every ``save_*`` function takes a path (written atomically through :mod:`onmanifold.io`) or an open
+binary file (e.g. one staged by :class:`onmanifold.io.OutputSet`), and an optional ``caption``, stored in
+the PNG and shown by ``onmanifold report`` under the figure.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ["to_uint8", "save_grid", "save_scatter", "save_rows", "save_figure"]
+from .io import write_atomic
+
+PathOrFile = Union[str, os.PathLike, BinaryIO]
+
+__all__ = ["to_uint8", "save_grid", "save_scatter", "save_rows", "save_figure", "read_caption"]
 
 
 def to_uint8(x: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -19,30 +28,55 @@ def to_uint8(x: torch.Tensor, data_range: tuple[float, float] = (-1.0, 1.0)) -> 
     return u.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _atomic_save(img, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    img.save(tmp, format=path.suffix.lstrip(".").upper() or "PNG")
-    os.replace(tmp, path)
+def _png_info(caption: str | None):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if caption:
+        info.add_text("Description", caption)
+    return info
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100, tight: bool = True) -> Path:
-    """Save a matplotlib figure as PNG atomically (a killed run never leaves half a file) and close it."""
+def read_caption(path: str | os.PathLike) -> str | None:
+    """The caption stored in a PNG written by this module (its ``Description`` text chunk), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            text = getattr(img, "text", {}) or {}
+            return text.get("Description") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_png(target: PathOrFile, write) -> Path | None:
+    """``write(f)`` into ``target``: a path (written atomically, :func:`onmanifold.io.write_atomic`) or an open binary file."""
+    if hasattr(target, "write"):
+        write(target)
+        return None
+    return write_atomic(Path(target), write)
+
+
+def save_figure(fig, path: PathOrFile, dpi: int = 100, tight: bool = True, caption: str | None = None) -> Path | None:
+    """Save a matplotlib figure as PNG and close it: to a path atomically (a killed run never leaves half a
+    file), or into an open binary file (e.g. one staged by :class:`onmanifold.io.OutputSet`).
+
+    ``caption`` (what the figure shows) is stored in the PNG (``Description``); ``onmanifold report``
+    prints it under the figure.
+    """
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return _write_png(path, lambda f: fig.savefig(f, dpi=dpi, format="png", metadata={"Description": caption} if caption else None))
+    finally:
+        plt.close(fig)
 
 
-def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int = 8, scale: int = 4, pad: int = 1, data_range=(-1.0, 1.0)) -> Path:
-    """Save a ``(B, C, H, W)`` batch as one PNG grid (nearest-neighbour upscaled by ``scale``)."""
+def save_grid(x: torch.Tensor, path: PathOrFile, nrow: int = 8, scale: int = 4, pad: int = 1, data_range=(-1.0, 1.0),
+              caption: str | None = None) -> Path | None:
+    """Save a ``(B, C, H, W)`` batch as one PNG grid (nearest-neighbour upscaled by ``scale``; ``caption`` stored in the PNG)."""
     from PIL import Image
 
     if x.dim() != 4:
@@ -57,12 +91,10 @@ def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int = 8, scale: in
         grid[pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = imgs[i]
     img = Image.fromarray(grid[..., 0] if C == 1 else grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    _atomic_save(img, path)
-    return path
+    return _write_png(path, lambda f: img.save(f, format="PNG", pnginfo=_png_info(caption)))
 
 
-def save_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str | os.PathLike, scale: int = 4) -> Path:
+def save_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: PathOrFile, scale: int = 4, caption: str | None = None) -> Path | None:
     """Save several equally sized batches as labelled rows of one figure (e.g. measurement / method / truth)."""
     import matplotlib
 
@@ -81,11 +113,11 @@ def save_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str | o
             if c == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
-    return save_figure(fig, path, tight=False)
+    return save_figure(fig, path, tight=False, caption=caption)
 
 
-def save_scatter(sets: dict[str, torch.Tensor], path: str | os.PathLike, title: str = "") -> Path:
-    """Scatter plot of named 2-D point sets."""
+def save_scatter(sets: dict[str, torch.Tensor], path: PathOrFile, title: str = "", caption: str | None = None) -> Path | None:
+    """Scatter plot of named 2-D point sets (``caption`` stored in the PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,4 +131,4 @@ def save_scatter(sets: dict[str, torch.Tensor], path: str | os.PathLike, title: 
     ax.legend(loc="upper left", fontsize=8, markerscale=3)
     if title:
         ax.set_title(title, fontsize=9)
-    return save_figure(fig, path)
+    return save_figure(fig, path, caption=caption)

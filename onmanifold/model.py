@@ -101,7 +101,23 @@ class DiffusersUNetEpsModel(nn.Module):
         self.prediction_type = prediction_type
         self._conditional_unet = type(unet).__name__ == "UNet2DConditionModel"
 
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """``(C, H, W)`` the UNet was built for (from its config; None when the config does not say)."""
+        c = getattr(self.unet, "config", None)
+        size, channels = getattr(c, "sample_size", None), getattr(c, "in_channels", None)
+        if size is None or channels is None:
+            return None
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(channels), int(h), int(w))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        expected = self.sample_shape
+        if expected is not None and tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"x_T: this UNet was trained on samples of shape {expected}, got samples of shape {tuple(x.shape[1:])} "
+                "(a start x_T or shape= for another model?)"
+            )
         if self._conditional_unet:
             out = self.unet(x, t, encoder_hidden_states=cond).sample
         elif cond is not None:
@@ -298,9 +314,7 @@ def load_diffusion_model(name_or_path: str | os.PathLike) -> LoadedModel:
     ``encode_prompt`` go through the VAE and the text encoder. Nothing is downloaded. Raises
     :class:`~onmanifold.nets.CheckpointError` on a missing (naming the component) or corrupt folder.
     """
-    import json
-
-    from .nets.checkpoint import CheckpointError, load_network, read_metadata, resolve_checkpoint
+    from .nets.checkpoint import CheckpointError, load_network, read_json_object, read_metadata, resolve_checkpoint
 
     folder = resolve_checkpoint(name_or_path)
     meta = read_metadata(folder)
@@ -309,24 +323,49 @@ def load_diffusion_model(name_or_path: str | os.PathLike) -> LoadedModel:
     if is_latent_diffusion_folder(folder):
         return _load_latent_diffusion_model(folder, meta, str(name_or_path))
     net = load_network(folder)
+    trained = _metadata_schedule(meta, folder)
     if type(net).__name__ == "UNet2DModel":
         cfg_path = next((p for p in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json") if p.is_file()), None)
         if cfg_path is None:
             raise CheckpointError(f"checkpoint {str(folder)!r}: no scheduler/scheduler_config.json, cannot know the noise schedule")
+        sched_cfg = read_json_object(cfg_path)
         try:
-            sched_cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"checkpoint {str(folder)!r}: {cfg_path.name} is not valid JSON ({e})") from e
-        schedule = NoiseSchedule.from_diffusers(sched_cfg)
-        pred = sched_cfg.get("prediction_type", "epsilon")
+            schedule = NoiseSchedule.from_diffusers(sched_cfg)
+        except (ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {str(folder)!r}: {cfg_path.name} does not describe a noise schedule ({e})") from e
         c = net.config
-        shape = (int(c.in_channels), int(c.sample_size), int(c.sample_size))
-        return LoadedModel(DiffusersUNetEpsModel(net, schedule, pred), schedule, shape, meta, (-1.0, 1.0), str(name_or_path))
-    if "schedule" not in meta:
+        model_T = c.get("num_train_timesteps") if hasattr(c, "get") else None
+        for what, T in (("the UNet's config.json (num_train_timesteps)", model_T), ("onmanifold.json (schedule)", trained.T if trained else None)):
+            if T is not None and int(T) != schedule.T:
+                raise CheckpointError(
+                    f"checkpoint {str(folder)!r}: {cfg_path.name} has num_train_timesteps = {schedule.T} but {what} says the model "
+                    f"was trained with T = {int(T)}"
+                )
+        if trained is not None and not torch.allclose(torch.as_tensor(trained.alphas_cumprod), torch.as_tensor(schedule.alphas_cumprod), rtol=1e-6, atol=1e-12):
+            raise CheckpointError(f"checkpoint {str(folder)!r}: {cfg_path.name} describes other betas than the schedule in onmanifold.json")
+        pred = sched_cfg.get("prediction_type", "epsilon")
+        if pred not in ("epsilon", "v_prediction", "sample"):
+            raise CheckpointError(f"checkpoint {str(folder)!r}: {cfg_path.name} has prediction_type {pred!r}; expected epsilon, v_prediction or sample")
+        eps_model = DiffusersUNetEpsModel(net, schedule, pred)
+        return LoadedModel(eps_model, schedule, eps_model.sample_shape, meta, (-1.0, 1.0), str(name_or_path))
+    if trained is None:
         raise CheckpointError(f"checkpoint {str(folder)!r}: onmanifold.json has no 'schedule'; is this a diffusion model?")
-    schedule = NoiseSchedule.from_config(meta["schedule"])
     dim = int(getattr(net, "config", {}).get("dim", 2))
-    return LoadedModel(net, schedule, (dim,), meta, None, str(name_or_path))
+    return LoadedModel(net, trained, (dim,), meta, None, str(name_or_path))
+
+
+def _metadata_schedule(meta: dict, folder) -> NoiseSchedule | None:
+    """The training schedule recorded in ``onmanifold.json`` (None when absent), validated."""
+    from .nets.checkpoint import CheckpointError
+
+    if "schedule" not in meta:
+        return None
+    try:
+        if not isinstance(meta["schedule"], dict):
+            raise TypeError(f"expected an object, got {type(meta['schedule']).__name__}")
+        return NoiseSchedule.from_config(meta["schedule"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: onmanifold.json has an invalid 'schedule' ({e})") from e
 
 
 def _load_latent_diffusion_model(folder, meta: dict, name: str) -> LoadedModel:

@@ -70,6 +70,31 @@ def _data_sampler(bed: str, generator: torch.Generator):
     raise ValueError(f"bed: expected 'gmm2d', 'digits', 'shapes' or 'mosaic', got {bed!r}")
 
 
+def _check_positive(**values) -> None:
+    """``ValueError`` naming the first argument that is not a positive number (steps, batch_size, lr, ...)."""
+    import math
+
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{name}: expected a positive value, got {v!r}")
+
+
+def _check_unet_overrides(bed: str, unet_overrides: dict | None) -> None:
+    """Refuse UNet settings the bed's network cannot take (never ignore them)."""
+    from .nets.networks import unet_config
+
+    if not unet_overrides:
+        return
+    if bed == "gmm2d":
+        raise ValueError(f"block_out_channels: the gmm2d bed trains an EpsMLP, which takes no UNet settings (got {sorted(unet_overrides)})")
+    base = unet_config(bed)
+    boc = unet_overrides.get("block_out_channels")
+    if boc is not None:
+        n, groups = len(base["block_out_channels"]), base["norm_num_groups"]
+        if len(boc) != n or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 or c % groups for c in boc):
+            raise ValueError(f"block_out_channels: expected {n} positive multiples of {groups} (one per down block of the {bed} UNet), got {list(boc)}")
+
+
 def train_diffusion(
     bed: str,
     out: str | Path,
@@ -97,8 +122,12 @@ def train_diffusion(
 
     from .nets.networks import EpsMLP, unet_config
 
-    if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"steps, batch_size, lr: expected positive values, got {steps}, {batch_size}, {lr}")
+    _check_positive(steps=steps, batch_size=batch_size, lr=lr)
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+        raise ValueError(f"save_every: expected 0 (never) or a positive number of steps, got {save_every!r}")
+    if not (isinstance(ema_decay, (int, float)) and 0 <= ema_decay < 1):
+        raise ValueError(f"ema_decay: expected a value in [0, 1), got {ema_decay!r}")
+    _check_unet_overrides(bed, unet_overrides)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     schedule = bed_schedule(bed)
@@ -171,20 +200,14 @@ def train_diffusion(
 
 
 def _save_training_state(path: Path, step: int, model, ema, opt, gen: torch.Generator, losses: list[float]) -> None:
-    """Write the resumable training state atomically (temporary file, fsync, rename)."""
-    import os
+    """Write the resumable training state atomically (:func:`onmanifold.io.save_tensors_atomic`)."""
+    from .io import save_tensors_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(
-            {"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses[-1000:])},
-            f,
-        )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    save_tensors_atomic(
+        path,
+        {"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses[-1000:])},
+    )
 
 
 def train_classifier(
@@ -209,6 +232,7 @@ def train_classifier(
         raise ValueError(f"role: expected 'guidance' or 'eval', got {role!r}")
     if bed not in ("digits", "shapes"):
         raise ValueError(f"bed: expected 'digits' or 'shapes', got {bed!r}")
+    _check_positive(steps=steps, batch_size=batch_size, lr=lr)
     if seed is None:
         seed = 1 if role == "guidance" else 2
     torch.manual_seed(seed)
@@ -307,8 +331,7 @@ def train_time_predictor(
     for c in conditions:
         if c not in known:
             raise ValueError(f"conditions: bed {bed!r} has attributes {known}, got {c!r}")
-    if steps < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"steps, batch_size, lr: expected positive values, got {steps}, {batch_size}, {lr}")
+    _check_positive(steps=steps, batch_size=batch_size, lr=lr)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     schedule = bed_schedule(bed)

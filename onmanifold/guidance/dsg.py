@@ -36,7 +36,7 @@ from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 
 __all__ = ["SphericalGaussianGuidance", "dsg_update", "DETERMINISTIC_SAMPLER_MESSAGE"]
 
-DETERMINISTIC_SAMPLER_MESSAGE = "DSG needs a stochastic sampler (sigma_t > 0); use DDPM or DDIM with eta > 0 (the paper uses eta = 1)"
+DETERMINISTIC_SAMPLER_MESSAGE = "eta: DSG needs a stochastic sampler (sigma_t > 0); use DDPM or DDIM with eta > 0 (the paper uses eta = 1)"
 
 
 def _norm_b(x: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ..io import OutputSet, write_json_atomic, write_text_atomic
 
 __all__ = [
     "CheckpointError",
@@ -31,7 +32,8 @@ __all__ = [
     "save_network",
     "load_network",
     "read_metadata",
-    "write_json_atomic",
+    "read_json_object",
+    "write_json_atomic",  # re-exported from onmanifold.io, the one home of atomic writes
     "write_text_atomic",
 ]
 
@@ -67,42 +69,29 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, fsync, rename):
-    a killed process leaves either the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as strict JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False))
-
-
 def read_metadata(name_or_path: str | os.PathLike) -> dict:
-    """The ``onmanifold.json`` training metadata of a checkpoint ({} if absent)."""
+    """The ``onmanifold.json`` training metadata of a checkpoint ({} if absent; :class:`CheckpointError` if not a JSON object)."""
     p = resolve_checkpoint(name_or_path) / "onmanifold.json"
-    return json.loads(p.read_text()) if p.is_file() else {}
+    return read_json_object(p) if p.is_file() else {}
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A checkpoint's JSON file, validated before use: it must exist and hold a JSON object.
+
+    Raises :class:`CheckpointError` naming the file otherwise (a string in ``config.json`` must never
+    reach diffusers, which would take it for a model name on the network).
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path.parent)!r}: missing file {path.name}")
     try:
-        return json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"checkpoint {str(path.parent)!r}: {path.name} is not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {str(path.parent)!r}: {path.name} must hold a JSON object, got {type(obj).__name__} {str(obj)[:60]!r}")
+    return obj
+
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -136,21 +125,32 @@ def save_network(model: nn.Module, folder: str | os.PathLike, meta: dict | None 
     """Save ``model`` to ``folder`` (diffusers pipeline layout for a ``UNet2DModel`` + ``scheduler``).
 
     ``half=True`` stores floating-point weights as float16 (time predictors: half the package size);
-    loading casts them back to the network's float32 parameters.
+    loading casts them back to the network's float32 parameters. The files are written as one
+    :class:`~onmanifold.io.OutputSet`: all are staged first, then renamed into place with
+    ``onmanifold.json`` last, so a killed run or a full disk never leaves a truncated or mixed checkpoint.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    outputs = OutputSet(folder)
+
+    def weights(module: nn.Module, to_half: bool = False) -> bytes:
+        state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+        if to_half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        return safetensors_bytes(state, metadata={"format": "pt"})
+
     if type(model).__name__ == "UNet2DModel":
         import diffusers
 
         if scheduler is None:
             raise ValueError("scheduler: a UNet2DModel is saved with its diffusers scheduler, got None")
-        model.save_pretrained(folder / "unet", safe_serialization=True)
-        scheduler.save_pretrained(folder / "scheduler")
-        write_json_atomic(
-            folder / "model_index.json",
+        # the files diffusers' save_pretrained writes (same config text, same safetensors), staged atomically
+        outputs.add_bytes("unet/diffusion_pytorch_model.safetensors", weights(model))
+        outputs.add_text("unet/config.json", model.to_json_string())
+        outputs.add_text("scheduler/scheduler_config.json", scheduler.to_json_string())
+        outputs.add_json(
+            "model_index.json",
             {
                 "_class_name": "DDPMPipeline",
                 "_diffusers_version": diffusers.__version__,
@@ -162,15 +162,11 @@ def save_network(model: nn.Module, folder: str | os.PathLike, meta: dict | None 
         name = type(model).__name__
         if name not in _network_classes():
             raise ValueError(f"model: cannot save a {name}; expected UNet2DModel or one of {sorted(_network_classes())}")
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        if half:
-            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        tmp = folder / ".model.safetensors.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, folder / "model.safetensors")
-        write_json_atomic(folder / "config.json", {"class": name, "kwargs": model.config})
+        outputs.add_bytes("model.safetensors", weights(model, half))
+        outputs.add_json("config.json", {"class": name, "kwargs": model.config})
     if meta is not None:
-        write_json_atomic(folder / "onmanifold.json", meta)
+        outputs.add_json("onmanifold.json", meta)
+    outputs.commit()
     return folder
 
 
@@ -184,7 +180,7 @@ def load_network(name_or_path: str | os.PathLike) -> nn.Module:
         return load_unet(folder)
     if (folder / "diffusion_pytorch_model.safetensors").is_file():  # a bare UNet folder
         return load_unet(folder)
-    config = _read_json(folder / "config.json")
+    config = read_json_object(folder / "config.json")
     cls = _network_classes().get(config.get("class"))
     if cls is None:
         raise CheckpointError(f"checkpoint {str(folder)!r}: config.json names unknown class {config.get('class')!r}")
@@ -198,9 +194,16 @@ def load_unet(folder: Path) -> nn.Module:
     from diffusers import UNet2DModel
 
     sub = folder / "unet" if (folder / "unet").is_dir() else folder
-    config = _read_json(sub / "config.json")
+    config = read_json_object(sub / "config.json")
+    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise CheckpointError(f"checkpoint {str(sub)!r}: config.json describes a {config['_class_name']!r}, expected a UNet2DModel")
+    for key in ("sample_size", "in_channels"):
+        v = config.get(key)
+        values = v if key == "sample_size" and isinstance(v, list) and len(v) == 2 else [v]
+        if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in values):
+            raise CheckpointError(f"checkpoint {str(sub)!r}: config.json needs a positive integer {key!r}, got {v!r}")
     state = _read_weights(sub / "diffusion_pytorch_model.safetensors")
-    try:
+    try:  # a dict (validated above): from_config builds the network locally, it never looks a name up on the network
         model = UNet2DModel.from_config(config)
     except Exception as e:
         raise CheckpointError(f"checkpoint {str(sub)!r}: config.json does not describe a UNet2DModel ({e})") from e

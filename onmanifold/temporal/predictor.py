@@ -62,7 +62,25 @@ class TimePredictor(nn.Module):
     def num_timesteps(self) -> int:
         return self.schedule.T
 
+    @property
+    def sample_shape(self) -> tuple[int, ...] | None:
+        """The per-sample input shape the network was built for (from its config; None when unknown)."""
+        c = getattr(self.net, "config", None)
+        if not isinstance(c, dict):
+            return None
+        if "image_size" in c and "in_channels" in c:
+            return (int(c["in_channels"]), int(c["image_size"]), int(c["image_size"]))
+        if "dim" in c:
+            return (int(c["dim"]),)
+        return None
+
     def forward(self, x: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        expected = self.sample_shape
+        if expected is not None and tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"time predictor: trained on samples of shape {expected}, got samples of shape {tuple(x.shape[1:])} "
+                "(a predictor of another test bed?)"
+            )
         return self.net(x, cond) if self.conditions else self.net(x)
 
     def check_schedule(self, schedule: NoiseSchedule, what: str = "sampler") -> None:

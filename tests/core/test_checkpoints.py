@@ -67,5 +67,5 @@ def test_diffusers_folder_loads_with_schedule():
     assert m.sample_shape == (1, 8, 8) and m.schedule.T == 1000
     from diffusers import DDPMPipeline
 
-    pipe = DDPMPipeline.from_pretrained(str(BUNDLED_DIR / "digits-unet"))
+    pipe = DDPMPipeline.from_pretrained(str(BUNDLED_DIR / "digits-unet"), local_files_only=True)
     assert pipe.unet.config.sample_size == 8

@@ -1,8 +1,11 @@
 """The command line: every sub-command has a --help explaining its options; README and CI agree."""
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +42,7 @@ def test_sample_command_writes_samples(tmp_path):
     assert rc == 0
     import torch
 
-    x = torch.load(tmp_path / "samples.pt")
+    x = torch.load(tmp_path / "samples.pt", weights_only=True)
     assert x.shape == (8, 2) and torch.isfinite(x).all()
     assert (tmp_path / "scatter.png").stat().st_size > 1000
 
@@ -53,8 +56,8 @@ def test_sample_rejects_bad_input(tmp_path, capsys):
     assert "DSG needs a stochastic sampler" in capsys.readouterr().err
     assert main(["sample", "digits-unet", "--method", "dps", "-n", "2", "--out", str(tmp_path)]) == 2
     assert "--task" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["sample", "gmm2d-mlp", "-n", "0", "--out", str(tmp_path)])
+    assert main(["sample", "gmm2d-mlp", "-n", "0", "--out", str(tmp_path)]) == 2
+    assert "--num-samples" in capsys.readouterr().err
 
 
 def test_sample_with_dsg_inpainting_writes_the_comparison(tmp_path):
@@ -80,5 +83,85 @@ def test_sample_is_deterministic_and_independent_of_batch_size(tmp_path):
     base = ["sample", "digits-unet", "-n", "64", "--steps", "5", "--eta", "1", "--seed", "7", "--no-progress"]
     for name, bs in (("a", "64"), ("b", "64"), ("c", "1")):
         assert main(base + ["--batch-size", bs, "--out", str(tmp_path / name)]) == 0
-    a, b, c = (torch.load(tmp_path / n / "samples.pt") for n in "abc")
+    a, b, c = (torch.load(tmp_path / n / "samples.pt", weights_only=True) for n in "abc")
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_sample_checks_the_output_folder_before_sampling(tmp_path, monkeypatch, capsys):
+    from onmanifold.sampler import DDIMSampler
+
+    def never(*a, **k):
+        raise AssertionError("sampled although --out cannot be written")
+
+    monkeypatch.setattr(DDIMSampler, "sample", never)
+    (tmp_path / "file").write_text("x")
+    assert main(["sample", "gmm2d-mlp", "--out", str(tmp_path / "file" / "out")]) == 2
+    assert "--out: cannot create" in capsys.readouterr().err
+
+
+def test_sample_outputs_form_one_set(tmp_path):
+    """A guided run leaves comparison.png; an unguided run into the same folder removes it (no stale file beside
+    the new set), and samples.json lists every file of the set with its SHA-256."""
+    from onmanifold.io import read_manifest
+
+    assert main(["sample", "digits-unet", "--method", "dps", "--task", "box", "--eta", "1", "--steps", "3", "-n", "2", "--out", str(tmp_path),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "comparison.png").is_file()
+    assert main(["sample", "digits-unet", "--steps", "3", "-n", "2", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "samples.json", "samples.pt"]
+    info = read_manifest(tmp_path, "samples.json")
+    assert set(info["files"]) == {"grid.png", "samples.pt"} and info["method"] == "none"
+    from onmanifold.images import read_caption
+
+    assert "The first 2 of 2 samples" in read_caption(tmp_path / "grid.png")
+
+
+@pytest.mark.parametrize("argv, kept", [
+    (["sample", "gmm2d-mlp", "--out", "OUT"], "OUT holds the outputs it held before"),
+    (["train", "diffusion", "--bed", "gmm2d", "--out", "OUT", "--save-every", "10"], "rerun the same command with --resume"),
+    (["train", "classifier", "--bed", "digits", "--role", "eval", "--out", "OUT"], "not resumable"),
+    (["bench", "dsg", "--run-dir", "OUT"], "every finished cell is kept in OUT/cells; rerun the same command to resume"),
+    (["report", "OUT"], "report.html and report.md were not replaced"),
+    (["demo", "--out", "OUT"], "rerun the command"),
+])
+def test_ctrl_c_says_what_was_kept_and_how_to_resume(argv, kept, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in any command: exit code 130, no traceback, one line on what is on disk and how to go on."""
+    import onmanifold.commands
+    import onmanifold.train
+    import onmanifold_bench
+    import onmanifold_bench.demo
+    import onmanifold_bench.report
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    for module, name in ((onmanifold.commands, "run_sample"), (onmanifold.train, "train_diffusion"), (onmanifold.train, "train_classifier"),
+                         (onmanifold_bench, "run_bench_cli"), (onmanifold_bench.report, "write_report"), (onmanifold_bench.demo, "run_demo")):
+        monkeypatch.setattr(module, name, interrupt)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "training-state.pt").write_bytes(b"")  # a state written by an earlier --save-every step
+    argv = [str(out) if a == "OUT" else a for a in argv]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("onmanifold: interrupted:")
+    assert kept.replace("OUT", str(out)) in lines[0]
+
+
+def test_a_real_ctrl_c_while_sampling(tmp_path):
+    """SIGINT to a running `onmanifold sample`: exit code 130, the interrupted line, no traceback, --out untouched."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "onmanifold", "sample", "gmm2d-mlp", "-n", "200000", "--steps", "100", "--batch-size", "200000",
+                             "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    err = ""
+    deadline = time.time() + 120
+    while "sampling" not in err and time.time() < deadline:  # the progress bar: sampling has started
+        err += os.read(proc.stderr.fileno(), 4096).decode()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[1]
+    err += rest
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "onmanifold: interrupted: nothing was written" in err
+    assert not out.exists()  # the folder this run created is gone again, nothing half-written in it
