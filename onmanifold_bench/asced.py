@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onmanifold.io import load_tensors, save_tensors_atomic
 from onmanifold.random import generator_for
 from .runner import Cell, Suite, finished_records
 
@@ -181,7 +182,7 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
     def load_art(method, shard, **setting):
         c = find(method, shard, **setting)
         finished_records([c], run_dir, c.method)  # CellNotReady until the cell (and so its artifact) is finished
-        return torch.load(artifact_of(c))
+        return load_tensors(artifact_of(c), "artifact")
 
     def run_cell(cell: Cell) -> dict:
         s, m = cell.setting, cell.method
@@ -220,7 +221,7 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
         if corr is not None:
             art["corrected"] = corr.corrected
             out["corrected_rate"] = float(corr.corrected.float().mean())
-        torch.save(art, artifact_of(cell))
+        save_tensors_atomic(artifact_of(cell), art)
         return out
 
     suite = Suite("asced", cells, run_cell, description=__doc__.split("\n\n", 1)[1].strip(),
@@ -659,7 +660,7 @@ def _grid_figure(cells, artifact_of, path: Path, save_rows) -> bool:
     def art(method):
         c = next((c for c in cells if c.method == method and c.shard == 0 and c.setting.get("bed") == "shapes"
                   and c.setting.get("tc_frac") == 0.48 and "variant" not in c.setting), None)
-        return torch.load(artifact_of(c)) if c is not None and artifact_of(c).is_file() else None
+        return load_tensors(artifact_of(c), "artifact") if c is not None and artifact_of(c).is_file() else None
 
     o, a, orc = art("original"), art("asced"), art("oracle-ttc")
     if o is None or a is None:
@@ -716,7 +717,7 @@ def _saturation(n: int) -> list[float]:
 def _main_art(cells, artifact_of, method: str, bed: str, shard: int):
     c = next((c for c in cells if c.method == method and c.shard == shard and c.setting.get("bed") == bed
               and c.setting.get("tc_frac") == 0.48 and "variant" not in c.setting), None)
-    return torch.load(artifact_of(c)) if c is not None and artifact_of(c).is_file() else None
+    return load_tensors(artifact_of(c), "artifact") if c is not None and artifact_of(c).is_file() else None
 
 
 def _gt_definitions(cells, artifact_of) -> list[tuple[str, float, float]]:

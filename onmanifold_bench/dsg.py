@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from onmanifold.io import load_tensors, save_tensors_atomic
 from .runner import Cell, Suite, finished_records
 from .runner import first_metrics as _one
 from .runner import format_value as _f
@@ -222,7 +223,7 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
                 x, sec = guided_run(loaded(bed), "dsg", loss, steps, s["n"], seed, g_r=s["g_r"], k=s["k"])
                 out = {}
             out.update(_inverse_metrics(bed, x, truth, labels, sec))
-            torch.save({"x": x[:16], "truth": truth[:16]}, _artifact(run_dir, cell))
+            save_tensors_atomic(_artifact(run_dir, cell), {"x": x[:16], "truth": truth[:16]})
             return out
         if m in ("label-dps-val", "label-dsg-val", "label-none", "label-dps", "label-dsg"):
             n = s["n"]
@@ -381,7 +382,7 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
     figure = fig_dir / "dsg_box_digits.png"
     if len(paths) == 2:
         if all(p.is_file() for p in paths):
-            a, b = (torch.load(p) for p in paths)
+            a, b = (load_tensors(p, "artifact") for p in paths)
             n = dps_r[0]["cell"]["setting"]["n"]
             truth = clean_images("digits", "heldout", n)[0]
             y = make_measurements(make_task("digits", "box", n, 0), truth, 0.05, seed=0)

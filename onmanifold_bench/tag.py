@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from onmanifold.io import save_tensors_atomic
 from .runner import Cell, Suite, finished_records
 
 __all__ = ["tag_suite"]
@@ -273,7 +274,7 @@ def _corrupt_cell(m, s, loaded, phi, records, run_dir, cell) -> dict:
         out["tg_independent"] = rec2.mean()
     p = run_dir / "artifacts" / f"{cell.key}.pt"
     p.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(x[:32].clone(), p)
+    save_tensors_atomic(p, x[:32].clone())
     return out
 
 
