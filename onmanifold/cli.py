@@ -279,6 +279,9 @@ def _train(args, argv: list[str], progress: bool) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    state = Path(args.out) / "training-state.pt"
+    if getattr(args, "resume", False) and not state.is_file():  # said, not silently ignored
+        print(f"onmanifold: --resume: no {state} yet, training starts at step 1", file=sys.stderr)
     from .train import train_classifier, train_diffusion
 
     cmd = _command_line(argv)

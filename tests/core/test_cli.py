@@ -165,3 +165,11 @@ def test_a_real_ctrl_c_while_sampling(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "onmanifold: interrupted: nothing was written" in err
     assert not out.exists()  # the folder this run created is gone again, nothing half-written in it
+
+
+def test_resume_without_a_training_state_says_so(tmp_path, capsys):
+    """--resume with nothing to resume from is said on stderr (training starts at step 1), not silently ignored."""
+    assert main(["train", "diffusion", "--bed", "gmm2d", "--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--resume",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--resume: no " in err and "training starts at step 1" in err
