@@ -302,7 +302,7 @@ def _step_time(loaded, loss, s: dict) -> dict:
     for _ in range(s["repeats"]):
         t_dps = timed("dps", zeta=1.0)
         t_dsg = timed("dsg", g_r=0.2, k=1)
-        t_plain = timed("dsg", g_r=0.2, k=10**6)  # no step is guided: every step is a plain step without a graph
+        t_plain = timed("none")  # DSG's unguided steps are plain steps without a graph (a DSG guiding no step is refused)
         # DPS guides every step (50); DSG k=1 guides the 49 steps with sigma > 0 and takes the last one plain
         r_guided.append(t_dsg / t_dps)
         r_unguided.append(t_plain / t_dps)
