@@ -7,7 +7,7 @@ Protocol (docs/methods/asced.md#P1, sized for 2 CPU cores):
   ``i`` has its own generator, so every method sees the same ``x_T`` (shared seeds); 250 samples per cell.
 * methods (1000 samples each): original DDIM; ASCED (detector + TTC at ``n_c = 12``); State Replacement (from
   ``x0_hat_{n_d}``); Score Clipping; oracle + TTC (shapes: TTC on the ground-truth mask of the original sample of
-  the same seed). Detector parameters: :meth:`ASCEDConfig.for_resolution` (32x32: sigma 0.5, area in (2, 156),
+  the same seed). Detector parameters: :meth:`DetectorConfig.for_resolution` (32x32: sigma 0.5, area in (2, 156),
   w = 2, r = 1; 8x8: sigma 0.5, area in (1, 10), w = 1, r = 0), k = 3, a_min = 1, n_d = 6.
 * ground truth (shapes): :func:`onmanifold.artifacts.gt_artifact_mask`, deviation from the nearest valid shape
   > 0.5, opened by a 2x2 square, at least 4 pixels.
@@ -59,23 +59,25 @@ def _sampler(loaded):
 
 
 def config_for(bed: str, tc_frac: float = 0.48, variant: str | None = None):
-    """The detector / correction settings of a cell (``variant`` = one of :data:`ABLATIONS` or None)."""
-    from onmanifold.artifacts import ASCEDConfig
+    """``(DetectorConfig, CorrectionConfig)`` of a cell (``variant`` = one of :data:`ABLATIONS` or None)."""
+    from onmanifold.artifacts import CorrectionConfig, DetectorConfig
 
-    cfg = ASCEDConfig.for_resolution(SHAPE_OF[bed][-1], tc_frac=tc_frac)
-    changes = {"w1": {"min_width": 1}, "quantize": {"quantize": True, "a_min": 0.0}, "weighted-score": {"quantity": "weighted_score"},
-               "gamma0.2": {"gamma": 0.2}, "eta1": {"eta_c": 1.0}, "sc-k2": {"k": 2.0}, "sc-k5": {"k": 5.0}}.get(variant or "", {})
-    return cfg.with_(**changes)
+    height = SHAPE_OF[bed][-1]
+    det = DetectorConfig.for_resolution(height, tc_frac=tc_frac)
+    corr = CorrectionConfig.for_resolution(height, tc_frac=tc_frac)
+    det_changes = {"w1": {"min_width": 1}, "quantize": {"quantize": True, "a_min": 0.0}, "weighted-score": {"quantity": "weighted_score"},
+                   "sc-k2": {"k": 2.0}, "sc-k5": {"k": 5.0}}.get(variant or "", {})
+    corr_changes = {"gamma0.2": {"gamma": 0.2}, "eta1": {"eta_c": 1.0}}.get(variant or "", {})
+    return det.with_(**det_changes), corr.with_(**corr_changes)
 
 
 class _MovedMask:
-    """Control: the detector's mask M moved by a random cyclic shift (same shape and area, random place)."""
+    """Control (a mask transform of ASCED): the detector's mask M moved by a random cyclic shift (same shape and area, random place)."""
 
-    def __init__(self, detector, seed: int) -> None:
-        self.detector, self.seed = detector, seed
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
 
-    def __call__(self, sample_indices):
-        res = self.detector.finalize()
+    def __call__(self, res, sample_indices):
         out = torch.zeros_like(res.mask)
         H, W = res.mask.shape[-2:]
         for b, i in enumerate(sample_indices):
@@ -85,48 +87,35 @@ class _MovedMask:
         return out
 
 
-class _WholeImage:
-    """Control: the whole image of every flagged sample."""
-
-    def __init__(self, detector) -> None:
-        self.detector = detector
-
-    def __call__(self, sample_indices):
-        res = self.detector.finalize()
-        return res.flagged[:, None, None].expand_as(res.mask).clone()
+def _whole_image(res, sample_indices):
+    """Control (a mask transform of ASCED): the whole image of every flagged sample."""
+    return res.flagged[:, None, None].expand_as(res.mask).clone()
 
 
 def method_plugins(method: str, bed: str, tc_frac: float = 0.48, variant: str | None = None, oracle_masks=None, first_index: int = 0):
-    """``(plugins, detector, corrector)`` of a method: original / asced / state-replacement / score-clipping / oracle-ttc."""
-    from onmanifold.artifacts import GroundTruthMasks, ScoreClipping, StateReplacement, StreamingArtifactDetector, TrajectoryAwareCorrection
+    """``(plugins, detector, corrector, monitor)`` of a method: original / asced / state-replacement / score-clipping / oracle-ttc."""
+    from onmanifold.artifacts import AbnormalScoreCorrection, FlagFractionMonitor, GroundTruthMasks, ScoreClipping, StreamingArtifactDetector, TrajectoryAwareCorrection
 
-    cfg = config_for(bed, tc_frac, variant)
+    dcfg, ccfg = config_for(bed, tc_frac, variant)
     if method == "original":
-        det = StreamingArtifactDetector(cfg, monitor=True, keep_flag_maps=True)
-        return [det], det, None
+        det, monitor = StreamingArtifactDetector(dcfg), FlagFractionMonitor(dcfg, keep_flag_maps=True)
+        return [det, monitor], det, None, monitor
     if method == "score-clipping":
-        return [ScoreClipping(cfg)], None, None
+        return [ScoreClipping(dcfg)], None, None, None
     if method == "oracle-ttc":
-        ttc = TrajectoryAwareCorrection(GroundTruthMasks(oracle_masks, first_index), cfg)
-        return [ttc], None, ttc
-    det = StreamingArtifactDetector(cfg)
-    if method == "state-replacement":
-        corr = StateReplacement(det, cfg)
-    elif variant == "random-mask":
-        corr = TrajectoryAwareCorrection(_MovedMask(det, SEED), cfg)
-    elif variant == "all-ones-mask":
-        corr = TrajectoryAwareCorrection(_WholeImage(det), cfg)
-    else:
-        corr = TrajectoryAwareCorrection(det, cfg)
-    return [det, corr], det, corr
+        ttc = TrajectoryAwareCorrection(GroundTruthMasks(oracle_masks, first_index), ccfg)
+        return [ttc], None, ttc, None
+    transform = {"random-mask": _MovedMask(SEED), "all-ones-mask": _whole_image}.get(variant or "")
+    asced = AbnormalScoreCorrection(dcfg, ccfg, "state_replacement" if method == "state-replacement" else "ttc", mask_transform=transform)
+    return [asced], asced.detector, asced.corrector, None
 
 
 def run_method(loaded, bed: str, method: str, n: int, first_index: int, **kw):
-    """Sample ``n`` images (seeds ``first_index ..``) with a method; returns ``(x, detector, corrector, seconds)``."""
-    plugins, det, corr = method_plugins(method, bed, first_index=first_index, **kw)
+    """Sample ``n`` images (seeds ``first_index ..``) with a method; returns ``(x, detector, corrector, monitor, seconds)``."""
+    plugins, det, corr, monitor = method_plugins(method, bed, first_index=first_index, **kw)
     t0 = time.perf_counter()
     x = _sampler(loaded).sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED, first_index=first_index, plugins=plugins)
-    return x, det, corr, time.perf_counter() - t0
+    return x, det, corr, monitor, time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------ the suite
@@ -191,7 +180,7 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
         if m == "snapshot-gt-rate":
             from onmanifold.artifacts import gt_artifact_mask
 
-            x, _, _, sec = run_method(loaded(str(SNAPSHOT_DIR / s["snapshot"])), "shapes", "original", s["n"], 0)
+            x, _, _, _, sec = run_method(loaded(str(SNAPSHOT_DIR / s["snapshot"])), "shapes", "original", s["n"], 0)
             g, has = gt_artifact_mask(x)
             return {"gt_rate": float(has.float().mean()), "seconds": sec}
         if m == "summary":
@@ -201,7 +190,7 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
         kw = {"tc_frac": s["tc_frac"], "variant": s.get("variant")}
         if m == "oracle-ttc":
             kw["oracle_masks"] = load_art("original", cell.shard, bed=bed, tc_frac=0.48, n=n)["gt_mask"]
-        x, det, corr, sec = run_method(loaded(f"{bed}-unet"), bed, m, n, first, **kw)
+        x, det, corr, monitor, sec = run_method(loaded(f"{bed}-unet"), bed, m, n, first, **kw)
         art: dict = {"x": x, "first_index": first}
         out: dict = {"n": n, "seconds": sec, "s_per_sample": sec / n}
         if bed == "shapes":
@@ -212,12 +201,12 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
             out["gt_rate"] = float(has.float().mean())
         if det is not None:
             res = det.results()
-            art.update(mask=res.mask, correction_mask=res.correction_mask, flagged=res.flagged)
+            art.update(mask=res.mask, correction_mask=res.dilated(config_for(bed, **kw)[1].dilation), flagged=res.flagged)
             out["flagged_rate"] = float(res.flagged.float().mean())
             if m == "original":
-                art.update(z=res.z_map.half(), union=res.union, f=det.flag_fraction, f_filtered=det.flag_fraction_filtered)
+                art.update(z=res.z_map.half(), union=res.union, f=monitor.flag_fraction, f_filtered=monitor.flag_fraction_filtered)
                 if bed == "shapes":
-                    out["curves"] = _gt_curves(det.flag_maps, art["gt_mask"], art["gt_has"])
+                    out["curves"] = _gt_curves(monitor.flag_maps, art["gt_mask"], art["gt_has"])
         if corr is not None:
             art["corrected"] = corr.corrected
             out["corrected_rate"] = float(corr.corrected.float().mean())
@@ -292,7 +281,7 @@ def _overhead(loaded, n: int, repeats: int) -> dict:
     sampler = _sampler(loaded)
 
     def once(asced: bool):
-        timed = _Timed(AbnormalScoreCorrection(config_for("shapes"))) if asced else None
+        timed = _Timed(AbnormalScoreCorrection(*config_for("shapes"))) if asced else None
         t0 = time.perf_counter()
         sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED, plugins=[timed.plugin] if timed else [])
         return time.perf_counter() - t0, (timed.seconds if timed else 0.0)
@@ -834,7 +823,7 @@ def asced_demo_rows(n: int, seed: int) -> list[dict]:
     rows = []
     t_plain = None
     for method in ("original", "asced"):
-        plugins, det, corr = method_plugins(method, "shapes")
+        plugins, det, _, _ = method_plugins(method, "shapes")
         if method == "original":
             plugins = []  # plain DDIM, no observer
         t0 = time.perf_counter()

@@ -7,8 +7,8 @@ eta = 1 (DSG needs a stochastic sampler), on the bundled shapes UNet, 128 held-o
 * DPS (the baseline guidance), DSG, DPS + TAG (pre), DPS + ASCED, DSG + TAG, DSG + ASCED and
   DSG + TAG + ASCED, all with the same seeds and measurements;
 * DPS zeta, DSG g_r and TAG omega0 chosen on 32 validation shapes (seed 555) by the highest PSNR;
-  ASCED at its defaults for 32x32 (``ASCEDConfig.for_resolution(32)``, correction step at 0.48 N, with the
-  sampler's eta kept at the correction step so DSG still guides it);
+  ASCED at its defaults for 32x32 (``DetectorConfig`` and ``CorrectionConfig`` ``.for_resolution(32)``, correction
+  step at 0.48 N, with the sampler's eta kept at the correction step so DSG still guides it);
 * metrics: PSNR / SSIM to the truth, FD vs 2000 real shapes in the evaluation classifier's features,
   the ground-truth artifact rate (deviation from the nearest valid shape, :func:`~onmanifold.artifacts.gt_artifact_mask`),
   the share of samples ASCED corrected, seconds per sample.
@@ -48,7 +48,7 @@ def compose_run(method: str, n: int, split: str = "heldout", zeta: float = 3.0, 
     ``samples_out``: a dict that receives the samples (``"x"``) and the truth (``"truth"``).
     """
     from onmanifold import metrics
-    from onmanifold.artifacts import AbnormalScoreCorrection, ASCEDConfig, gt_artifact_mask
+    from onmanifold.artifacts import AbnormalScoreCorrection, CorrectionConfig, DetectorConfig, gt_artifact_mask
     from onmanifold.evaluate import quality
     from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
     from onmanifold.model import load_diffusion_model
@@ -63,9 +63,7 @@ def compose_run(method: str, n: int, split: str = "heldout", zeta: float = 3.0, 
     plugins = []
     asced = None
     if "asced" in parts:
-        import dataclasses
-
-        asced = AbnormalScoreCorrection(dataclasses.replace(ASCEDConfig.for_resolution(32), eta_c=None))
+        asced = AbnormalScoreCorrection(DetectorConfig.for_resolution(32), CorrectionConfig.for_resolution(32, eta_c=None))
         plugins.append(asced)
     if "tag" in parts:
         plugins.append(TemporalAlignmentGuidance(load_time_predictor("shapes-time"), omega0))

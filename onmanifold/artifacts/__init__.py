@@ -1,40 +1,56 @@
 """ASCED (Cao et al., CVPR 2025): streaming artifact detection, trajectory-aware correction, phases.
 
-``detector``: :class:`StreamingArtifactDetector` and :class:`ASCEDConfig`; ``correction``: TTC, State
-Replacement, Score Clipping and the one-plugin :class:`AbnormalScoreCorrection`; ``phases``: the f_n curve
-and its Profiling / Mutation / Refinement boundaries; ``ground_truth``: shapes ground-truth masks.
+One module per responsibility:
+
+* ``config``: :class:`DetectorConfig` and :class:`CorrectionConfig` (defaults = the official code at 256x256,
+  ``for_resolution(height)`` scales them);
+* ``image_ops``: blur, median/MAD threshold, connected components, dilation, opening (pure functions);
+* ``detector``: :class:`StreamingArtifactDetector` and its :class:`DetectionResult`;
+* ``monitor``: :class:`FlagFractionMonitor`, the per-step flag fractions ``f_n`` of a run;
+* ``correction``: TTC, State Replacement, Score Clipping and :class:`GroundTruthMasks` (oracle mask source);
+* ``asced``: :class:`AbnormalScoreCorrection`, the one plugin that wires the detector's mask to TTC;
+* ``phases``: the f_n curve's Profiling / Mutation / Refinement boundaries; ``ground_truth``: shapes ground-truth masks.
 """
 
+from .asced import AbnormalScoreCorrection
+from .config import CorrectionConfig, DetectorConfig
 from .correction import (
-    AbnormalScoreCorrection,
     GroundTruthMasks,
     ScoreClipping,
     StateReplacement,
     TrajectoryAwareCorrection,
     correction_generators,
+    correction_noise,
     ttc_renoise,
 )
-from .detector import ASCEDConfig, DetectionResult, StreamingArtifactDetector, dilate_mask, filter_components, frame_of, step_flags
+from .detector import DetectionResult, StreamingArtifactDetector, artifact_mask, frame_of, step_flags
 from .ground_truth import gt_artifact_mask
-from .phases import phase_boundaries, phase_of_steps, plot_phase_histogram
+from .image_ops import dilate_mask, filter_components
+from .monitor import FlagFractionMonitor
+from .phases import monitored_phases, phase_boundaries, phase_of_steps, plot_phase_histogram
 
 __all__ = [
-    "ASCEDConfig",
+    "DetectorConfig",
+    "CorrectionConfig",
     "StreamingArtifactDetector",
     "DetectionResult",
+    "FlagFractionMonitor",
     "TrajectoryAwareCorrection",
     "StateReplacement",
     "ScoreClipping",
     "GroundTruthMasks",
     "AbnormalScoreCorrection",
     "correction_generators",
+    "correction_noise",
     "ttc_renoise",
     "frame_of",
     "step_flags",
+    "artifact_mask",
     "filter_components",
     "dilate_mask",
     "gt_artifact_mask",
     "phase_boundaries",
     "phase_of_steps",
+    "monitored_phases",
     "plot_phase_histogram",
 ]

@@ -7,7 +7,7 @@ exhaustive least squares over type, size, centre and grey level). The ground-tru
 
 and a sample *has a ground-truth artifact* iff ``G`` has at least ``min_pixels`` pixels.
 
-Project definition [D], defaults ``threshold = 0.5`` (a quarter of the [-1, 1] range), ``w = 2``,
+Project definition (docs/methods/asced.md#D16), defaults ``threshold = 0.5`` (a quarter of the [-1, 1] range), ``w = 2``,
 ``min_pixels = 4`` (one full 2x2 block). Why: the bundled shapes UNet's DDIM samples carry a noisy
 background (mean -0.94, std 0.095 instead of exactly -1) and their shape edges sit up to a pixel away
 from the template's anti-aliased edge; the raw test ``deviation > 0.3`` flags ~95 % of samples
@@ -21,22 +21,14 @@ is exact) are never flagged: 0 of 1000 at every threshold tried (0.3 .. 1.0).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .image_ops import open_mask  # the opening of G; re-exported here
 
 __all__ = ["gt_artifact_mask", "deviation_artifact_mask", "open_mask", "GT_THRESHOLD", "GT_BLOCK", "GT_MIN_PIXELS"]
 
 GT_THRESHOLD = 0.5
 GT_BLOCK = 2
 GT_MIN_PIXELS = 4
-
-
-def open_mask(mask: torch.Tensor, block: int) -> torch.Tensor:
-    """Binary opening of ``(n, H, W)`` by a ``block x block`` square: the union of the full blocks inside ``mask``."""
-    if block <= 1:
-        return mask.bool().clone()
-    m = mask[:, None].double()
-    full = (F.avg_pool2d(m, block, stride=1) * (block * block) > block * block - 0.5).double()
-    return F.max_pool2d(F.pad(full, (block - 1,) * 4), block, stride=1)[:, 0] > 0
 
 
 def gt_artifact_mask(x: torch.Tensor, threshold: float = GT_THRESHOLD, block: int = GT_BLOCK,

@@ -1,6 +1,6 @@
 """ASCED's phases of the reverse trajectory: Profiling, Mutation, Refinement (Cao et al., CVPR 2025, Sec. 3, Fig. 7).
 
-Operational definition (docs/methods/asced.md#D15), from the detector in monitor mode on *uncorrected* runs:
+Operational definition (a project decision, docs/methods/asced.md#D15), on *uncorrected* runs:
 
     f_n   = fraction of pixels flagged by the per-step test (before union and filters) for the pair (n-1, n),
             n = 1 .. N-1, averaged over samples (the Fig. 7 curve)
@@ -8,7 +8,8 @@ Operational definition (docs/methods/asced.md#D15), from the detector in monitor
     n_c   = round(0.48 N)                                          (end of Mutation = the correction step)
     n_2   = first n after argmax f with f_n < 0.5 max f            (data-driven end of the peak, reported beside)
 
-Profiling: n < n_1; Mutation: n_1 <= n < n_c; Refinement: the rest.
+Profiling: n < n_1; Mutation: n_1 <= n < n_c; Refinement: the rest. The curve ``f_n`` is recorded by
+:class:`~onmanifold.artifacts.FlagFractionMonitor` on a run; :func:`monitored_phases` reads it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["phase_boundaries", "phase_of_steps", "plot_phase_histogram"]
+from .monitor import FlagFractionMonitor
+
+__all__ = ["phase_boundaries", "phase_of_steps", "plot_phase_histogram", "monitored_phases"]
 
 
 def phase_boundaries(f: Sequence[float], num_steps: int, tc_frac: float = 0.48) -> dict:
@@ -39,6 +42,14 @@ def phase_boundaries(f: Sequence[float], num_steps: int, tc_frac: float = 0.48) 
     after = (n > n_peak) & (f < 0.5 * fmax)
     n_2 = int(n[np.argmax(after)]) if after.any() else None
     return {"n_1": n_1, "n_c": int(round(tc_frac * num_steps)), "n_2": n_2, "n_peak": n_peak, "f_max": fmax}
+
+
+def monitored_phases(monitor: FlagFractionMonitor) -> dict:
+    """:func:`phase_boundaries` of the mean ``f_n`` over the samples of the monitor's last run, ``n_c`` from its ``tc_frac``."""
+    if not isinstance(monitor, FlagFractionMonitor):
+        raise TypeError(f"monitor: expected a FlagFractionMonitor, got {type(monitor).__name__}")
+    curve = monitor.flag_fraction.double().mean(0).numpy()
+    return phase_boundaries(curve, monitor.num_steps, monitor.config.tc_frac)
 
 
 def phase_of_steps(bounds: dict, num_steps: int) -> list[str]:

@@ -15,20 +15,23 @@ from scipy import ndimage
 
 from onmanifold.artifacts import (
     AbnormalScoreCorrection,
-    ASCEDConfig,
+    CorrectionConfig,
+    DetectorConfig,
+    FlagFractionMonitor,
     GroundTruthMasks,
     ScoreClipping,
     StateReplacement,
     StreamingArtifactDetector,
     TrajectoryAwareCorrection,
+    correction_noise,
     dilate_mask,
-    filter_components,
+    frame_of,
     gt_artifact_mask,
+    monitored_phases,
     phase_boundaries,
     phase_of_steps,
     ttc_renoise,
 )
-from onmanifold.artifacts.detector import frame_of, gaussian_blur_reflect
 from onmanifold.sampler import DDIMSampler, SamplerPlugin
 from onmanifold.schedule import NoiseSchedule
 
@@ -91,55 +94,51 @@ def run(plugins, planted=(True, False), seed=3, sampler=SAMPLER, model=None):
     return sampler.sample(model, shape=(1, H, H), num_samples=n, seed=seed, plugins=plugins, cond=cond)
 
 
-CFG = ASCEDConfig.for_resolution(H)
+CFG = DetectorConfig.for_resolution(H)  # the detector's settings at 32x32 (window n_d, n_c = 6, 12)
+CCFG = CorrectionConfig.for_resolution(H)  # the correction's (r = 1, n_c = 12)
 
 
-# ---------------------------------------------------------------- configuration
-def test_for_resolution_follows_the_spec_table():
-    c32, c8, c256 = ASCEDConfig.for_resolution(32), ASCEDConfig.for_resolution(8), ASCEDConfig.for_resolution(256)
-    assert (c32.sigma, c32.area_min, c32.area_max, c32.min_width, c32.dilation) == (0.5, 2, 156, 2, 1)
-    assert (c8.sigma, c8.area_min, c8.area_max, c8.min_width, c8.dilation) == (0.5, 1, 10, 1, 0)
-    assert (c256.sigma, c256.area_min, c256.area_max, c256.min_width, c256.dilation) == (2.0, 100, 10_000, 5, 5)
-    cf = ASCEDConfig.code_faithful()
-    assert cf.quantize and cf.blur_channels and cf.a_min == 0.0 and cf.k == 3.0 and cf.area_min == 100
-    assert (CFG.detection_start(25), CFG.correction_step(25)) == (6, 12)
-    # the alpha_bar rule picks t = 500 (abar ~ 0.078) on the linear schedule's DDIM-25 grid
-    n_d, n_c = CFG.with_(tc_rule="alpha_bar").steps_of(SAMPLER)
-    assert SAMPLER.timesteps[n_c] == 500 and n_c == 12
+def asced(detector=CFG, correction=CCFG, **kw):
+    return AbnormalScoreCorrection(detector, correction, **kw)
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"k": 0}, "k"), ({"sigma": -1}, "sigma"), ({"area_min": 10, "area_max": 11}, "area_max"), ({"min_width": 0}, "min_width"),
-    ({"dilation": -1}, "dilation"), ({"tc_frac": 1.5}, "tc_frac"), ({"td_frac": 0.6, "tc_frac": 0.5}, "td_frac"),
-    ({"tc_rule": "late"}, "tc_rule"), ({"quantity": "score"}, "quantity"), ({"gamma": float("nan")}, "gamma"),
-    ({"eta_c": -0.1}, "eta_c"), ({"x0_source": "old"}, "x0_source"), ({"a_min": -1.0}, "a_min"),
-])
-def test_bad_config_names_the_argument(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        ASCEDConfig(**kwargs)
+def noise_of(seed, indices, like):
+    """The correction noise (xi, eps) TTC draws for ``indices`` under base ``seed``."""
+    return correction_noise(seed, indices, like.shape[1:], like.dtype)
 
 
-def test_bad_arguments_elsewhere():
-    with pytest.raises(ValueError, match="height"):
-        ASCEDConfig.for_resolution(0)
-    with pytest.raises(ValueError, match="not_a_field"):
-        CFG.with_(not_a_field=1)
+# ---------------------------------------------------------------- arguments
+def test_bad_arguments_name_the_argument():
     with pytest.raises(TypeError, match="config"):
         StreamingArtifactDetector({"k": 3})
-    with pytest.raises(TypeError, match="mask_source"):
-        TrajectoryAwareCorrection("detector")
-    with pytest.raises(ValueError, match="source"):
-        TrajectoryAwareCorrection(StreamingArtifactDetector(CFG), source="older")
+    with pytest.raises(TypeError, match="config"):
+        FlagFractionMonitor(CCFG)
+    with pytest.raises(TypeError, match="masks.*AbnormalScoreCorrection"):  # TTC never takes the detector itself
+        TrajectoryAwareCorrection(StreamingArtifactDetector(CFG))
+    with pytest.raises(TypeError, match="config"):
+        TrajectoryAwareCorrection(GroundTruthMasks(torch.zeros(2, H, H)), CFG)
+    with pytest.raises(TypeError, match="config"):
+        ScoreClipping(CCFG)
+    with pytest.raises(ValueError, match="method"):
+        AbnormalScoreCorrection(method="older")
+    with pytest.raises(TypeError, match="mask_transform"):
+        AbnormalScoreCorrection(mask_transform="moved")
     with pytest.raises(ValueError, match="replace_from"):
-        run([det := StreamingArtifactDetector(CFG), StateReplacement(det, CFG, replace_from=12)])
+        run([StateReplacement(GroundTruthMasks(torch.zeros(2, H, H)), CCFG, replace_from=12)])
+    with pytest.raises(ValueError, match="x0_source"):
+        run([StateReplacement(GroundTruthMasks(torch.zeros(2, H, H)), CCFG.with_(x0_source="current"))])
+    with pytest.raises(ValueError, match="tc_frac"):  # the correction must happen where the detector's window closes
+        run([asced(correction=CCFG.with_(tc_frac=0.4))])
     with pytest.raises(ValueError, match="masks"):
         GroundTruthMasks(torch.zeros(4, 32))
     with pytest.raises(ValueError, match="mask_source"):  # wrong mask shape from an oracle
-        run([TrajectoryAwareCorrection(lambda idx: torch.zeros(len(idx), 8, 8, dtype=torch.bool), CFG)])
+        run([TrajectoryAwareCorrection(lambda idx: torch.zeros(len(idx), 8, 8, dtype=torch.bool), CCFG)])
     with pytest.raises(ValueError, match="n: frames must arrive in order"):
         d = StreamingArtifactDetector(CFG)
         d.begin(25)
         d.observe(torch.zeros(1, 1, 8, 8), 1)
+    with pytest.raises(RuntimeError, match="begin"):
+        StreamingArtifactDetector().observe(torch.zeros(1, 1, 8, 8), 0)
     with pytest.raises(ValueError, match="abar_t"):
         ttc_renoise(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool), 0.0, torch.zeros(1, 1, 2, 2))
     with pytest.raises(ValueError, match="block"):
@@ -154,7 +153,7 @@ def test_planted_abrupt_change_is_detected_where_planted():
     assert res.flagged.tolist() == [True, False, True]
     for b in (0, 2):
         assert torch.equal(res.mask[b], planted_mask())
-        assert torch.equal(res.correction_mask[b], dilate_mask(planted_mask()[None], 1)[0])
+        assert torch.equal(res.dilated(1)[b], dilate_mask(planted_mask()[None], 1)[0])
     assert not res.mask[1].any() and not res.union[1].any()
     # with the default blur (sigma = 0.5 px) the mask holds the block and stays within its 1-px ring
     det = StreamingArtifactDetector(CFG)
@@ -168,40 +167,34 @@ def test_planted_abrupt_change_is_detected_where_planted():
 
 
 def test_smooth_trajectory_gives_an_empty_mask_even_without_the_floor():
-    det = StreamingArtifactDetector(CFG.with_(a_min=0.0), monitor=True)
-    run([det], planted=(False, False))
+    det, monitor = StreamingArtifactDetector(CFG.with_(a_min=0.0)), FlagFractionMonitor(CFG.with_(a_min=0.0))
+    run([det, monitor], planted=(False, False))
     res = det.results()
     assert not res.union.any() and not res.mask.any() and not res.flagged.any()
     # the global change is large (several grey levels per step): the robust per-image test, not the floor, keeps it quiet
-    assert float(det.flag_fraction.max()) == 0.0
+    assert float(monitor.flag_fraction.max()) == 0.0
 
 
 def test_change_outside_the_window_is_ignored_but_monitored():
-    det = StreamingArtifactDetector(CFG, monitor=True)
-    run([det], model=PlantedModel([True], switch=300), planted=(True,))  # switches on at pair (17, 18): after n_c
+    det, monitor = StreamingArtifactDetector(CFG), FlagFractionMonitor(CFG, keep_flag_maps=True)
+    run([det, monitor], model=PlantedModel([True], switch=300), planted=(True,))  # switches on at pair (17, 18): after n_c
     assert not det.results().flagged.any()
-    f = det.flag_fraction[0]
+    f = monitor.flag_fraction[0]
     assert f.shape == (N - 1,) and float(f[17 - 1]) > 0 and float(f[:16].max()) == 0.0  # f_n index n-1
+    maps = monitor.flag_maps
+    assert maps.shape == (1, N - 1, H, H) and torch.equal(maps[0].flatten(1).float().mean(1), f)
+    assert float(monitor.flag_fraction_filtered[0, 17 - 1]) > 0  # the 4x4 blob survives the component filters
 
 
-def test_component_filters_area_band_width_and_dilation():
-    cfg = ASCEDConfig.for_resolution(32)  # area in (2, 156), width 2
-    u = torch.zeros(1, 32, 32, dtype=torch.bool)
-    u[0, 1, 1:3] = True                  # 2 px: area not > 2
-    u[0, 5, 2:20] = True                 # 18 px streak, 1 px wide: no 2x2 block
-    u[0, 10:12, 10:12] = True            # 4 px block: kept
-    u[0, 20:31, 0:15] = True             # 165 px: not < 156
-    u[0, 14:16, 20:22] = True            # 2x2 block plus a tail, one component: kept whole
-    u[0, 16, 21:25] = True
-    m = filter_components(u, cfg)[0]
-    expected = torch.zeros(32, 32, dtype=torch.bool)
-    expected[10:12, 10:12] = True
-    expected[14:16, 20:22] = True
-    expected[16, 21:25] = True
-    assert torch.equal(m, expected)
-    assert torch.equal(filter_components(u, cfg.with_(min_width=1))[0], expected | (u[0] & (torch.arange(32)[:, None] == 5)))
-    d = dilate_mask(expected[None], 1)[0]
-    assert torch.equal(d, torch.from_numpy(ndimage.binary_dilation(expected.numpy(), np.ones((3, 3)))))
+def test_monitor_records_the_detectors_per_step_test_inside_the_window():
+    det, monitor = StreamingArtifactDetector(CFG), FlagFractionMonitor(CFG, keep_flag_maps=True)
+    run([det, monitor], planted=(True, False, True))
+    maps = monitor.flag_maps  # (3, N-1, H, W); map n-1 is the pair (n-1, n)
+    union = maps[:, 6:11].any(1)  # pairs n = 7 .. 11, the window n_d < n < n_c
+    assert torch.equal(union, det.results().union)
+    assert not maps[1].any() and maps[0, 8].any()  # the blob switches on in the pair (8, 9)
+    b = monitored_phases(monitor)
+    assert b == phase_boundaries(monitor.flag_fraction.double().mean(0).numpy(), N, CFG.tc_frac) and b["n_peak"] == 9
 
 
 def test_frames_quantize_truncates_and_weighted_score_needs_eps():
@@ -213,15 +206,6 @@ def test_frames_quantize_truncates_and_weighted_score_needs_eps():
     assert torch.allclose(frame_of(x0, ws, eps, 0.2), torch.full_like(x0, -127.5 * 2.0))  # -sqrt(0.8 / 0.2) * 127.5
     with pytest.raises(ValueError, match="eps"):
         frame_of(x0, ws)
-
-
-@pytest.mark.parametrize("sigma, blur_channels", [(0.5, False), (2.0, True), (9.0, False)])  # radius 36 > 8: periodic reflection
-def test_blur_matches_scipy_reflect(sigma, blur_channels):
-    d = torch.rand(2, 3, 8, 11, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    got = gaussian_blur_reflect(d, sigma, blur_channels)
-    ref = np.stack([ndimage.gaussian_filter(d[b].numpy(), (sigma if blur_channels else 0, sigma, sigma), mode="reflect", truncate=4.0)
-                    for b in range(2)])
-    assert np.allclose(got.numpy(), ref, rtol=0, atol=1e-12)
 
 
 def offline_reference(frames, cfg, n_d, n_c):
@@ -266,7 +250,7 @@ def shapes_trajectories():
     return loaded, [spy.x0[n] for n in range(N)], x
 
 
-@pytest.mark.parametrize("cfg", [CFG.with_(quantize=True, a_min=0.0), ASCEDConfig.code_faithful(area_min=4, area_max=400, min_width=2, dilation=1),
+@pytest.mark.parametrize("cfg", [CFG.with_(quantize=True, a_min=0.0), DetectorConfig.code_faithful(area_min=4, area_max=400, min_width=2),
                                  CFG])
 def test_streaming_equals_the_offline_all_frames_reference(shapes_trajectories, cfg):
     loaded, frames, _ = shapes_trajectories
@@ -293,23 +277,23 @@ def test_detector_memory_does_not_grow_with_the_number_of_steps():
 def test_outside_the_mask_the_state_is_bit_identical_at_the_correction_step():
     plain = Spy()
     run([plain])
-    det = StreamingArtifactDetector(CFG)
-    spy = Spy()
-    run([det, TrajectoryAwareCorrection(det), spy])
-    md = det.results().correction_mask
+    a, spy = asced(), Spy()
+    run([a, spy])
+    md = a.detector.results().dilated(CCFG.dilation)
     for n in range(12):
         assert torch.equal(spy.x_t[n], plain.x_t[n])
     inside = md[:, None]
     assert torch.equal(spy.x_t[12][~inside], plain.x_t[12][~inside])
     assert (spy.x_t[12][inside] != plain.x_t[12][inside]).all()
     assert inside[0, 0][planted_mask()].all() and not inside[1].any()
+    assert a.corrector.corrected_area.tolist() == [int(md[0].sum()), 0]
 
 
 def test_unflagged_samples_equal_plain_ddim_bit_for_bit():
     x_plain = run([], planted=(True, False, False, True))
-    asced = AbnormalScoreCorrection(CFG)
-    x = run([asced], planted=(True, False, False, True))
-    assert asced.corrector.corrected.tolist() == [True, False, False, True]
+    a = asced()
+    x = run([a], planted=(True, False, False, True))
+    assert a.corrector.corrected.tolist() == [True, False, False, True]
     assert torch.equal(x[1:3], x_plain[1:3])
     assert not torch.equal(x[0], x_plain[0]) and not torch.equal(x[3], x_plain[3])
 
@@ -317,12 +301,11 @@ def test_unflagged_samples_equal_plain_ddim_bit_for_bit():
 def test_gamma_zero_ttc_regenerates_the_noise_component_inside_the_mask():
     plain = Spy()
     run([plain])
-    det, spy = StreamingArtifactDetector(CFG), Spy()
-    ttc = TrajectoryAwareCorrection(det, CFG)
-    run([det, ttc, spy])
+    a_, spy = asced(), Spy()
+    run([a_, spy])  # seed 3: the correction noise is drawn under the run's seed
     a = SCHED.alphas_cumprod[SAMPLER.timesteps[12]]
-    _, eps_new = ttc.correction_noise(type("S", (), {"rng": type("R", (), {"seed": 3})(), "x_t": plain.x_t[12], "sample_indices": [0, 1]})())
-    md = det.results().correction_mask[:, None].expand_as(plain.x_t[12])
+    _, eps_new = noise_of(3, [0, 1], plain.x_t[12])
+    md = a_.detector.results().dilated(1)[:, None].expand_as(plain.x_t[12])
     x0p, eps_old = plain.x0[11], plain.eps_hat[11]
     # exactly the re-noised previous estimate inside the mask
     expected = math.sqrt(a) * x0p + math.sqrt(1 - a) * eps_new
@@ -341,7 +324,7 @@ def test_all_ones_mask_gamma_zero_and_the_models_noise_is_the_identity():
             return torch.zeros_like(state.x_t), plain.eps_hat[11]
 
     spy = Spy()
-    oracle = SameNoise(GroundTruthMasks(torch.ones(2, H, H, dtype=torch.bool)), CFG)
+    oracle = SameNoise(GroundTruthMasks(torch.ones(2, H, H, dtype=torch.bool)), CCFG)
     run([oracle, spy])
     assert oracle.corrected.all()
     assert torch.equal(spy.x_t[12], plain.x_t[12])  # bit for bit
@@ -352,43 +335,58 @@ def test_all_ones_mask_gamma_zero_and_the_models_noise_is_the_identity():
 
 
 def test_correction_noise_is_per_sample_and_shared_by_the_variants():
-    det1, det2 = StreamingArtifactDetector(CFG, keep_anchor=True), StreamingArtifactDetector(CFG)
     s1, s2, plain = Spy(), Spy(), Spy()
     run([plain])
-    run([det1, StateReplacement(det1, CFG), s1])
-    run([det2, TrajectoryAwareCorrection(det2, CFG), s2])
+    sr, ttc = asced(method="state_replacement"), asced()
+    run([sr, s1])
+    run([ttc, s2])
     a = SCHED.alphas_cumprod[SAMPLER.timesteps[12]]
-    md = det1.results().correction_mask[:, None].expand_as(s1.x_t[12])
+    md = sr.detector.results().dilated(1)[:, None].expand_as(s1.x_t[12])
+    assert torch.equal(sr.corrector.corrected, ttc.corrector.corrected) and sr.corrector.source_frame == 6
     eps_sr = (s1.x_t[12] - math.sqrt(a) * plain.x0[6]) / math.sqrt(1 - a)  # State Replacement re-noises x0_hat_{n_d}
     eps_ttc = (s2.x_t[12] - math.sqrt(a) * plain.x0[11]) / math.sqrt(1 - a)
     assert torch.allclose(eps_sr[md], eps_ttc[md], atol=1e-5)
     # State Replacement really goes back to the pre-artifact frame: the blob is absent from x0_hat_{n_d}
     assert float(plain.x0[6][0, 0][BLOB].mean()) < float(plain.x0[11][0, 0][BLOB].mean()) - 0.5
-    # the correction noise of a sample does not depend on its batch
-    t1 = TrajectoryAwareCorrection(det1, CFG, seed=5)
-    st = lambda idx: type("S", (), {"rng": None, "x_t": torch.zeros(len(idx), 1, 4, 4), "sample_indices": idx})()  # noqa: E731
-    assert torch.equal(t1.correction_noise(st([7]))[1][0], t1.correction_noise(st([3, 7]))[1][1])
+    # the correction noise of a sample does not depend on its batch, and differs between samples and seeds
+    like = torch.zeros(2, 1, 4, 4)
+    assert torch.equal(noise_of(5, [7], like)[1][0], noise_of(5, [3, 7], like)[1][1])
+    assert not torch.equal(noise_of(5, [3], like)[1][0], noise_of(5, [7], like)[1][0])
+    assert not torch.equal(noise_of(5, [3], like)[1][0], noise_of(6, [3], like)[1][0])
+    # an explicit seed replaces the run's
+    spy = Spy()
+    run([asced(seed=5), spy])
+    x_re = math.sqrt(a) * plain.x0[11] + math.sqrt(1 - a) * noise_of(5, [0, 1], plain.x_t[12])[1]
+    assert torch.equal(spy.x_t[12][md], x_re[md])
 
 
 def test_gamma_eta_c_and_current_source():
     plain = Spy()
     run([plain])
-    det, spy = StreamingArtifactDetector(CFG), Spy()
-    ttc = TrajectoryAwareCorrection(det, CFG.with_(gamma=0.2, eta_c=1.0))
-    run([det, ttc, spy])
+    ttc, spy = asced(correction=CCFG.with_(gamma=0.2, eta_c=1.0)), Spy()
+    run([ttc, spy])
     a = SCHED.alphas_cumprod[SAMPLER.timesteps[12]]
-    xi, eps = ttc.correction_noise(type("S", (), {"rng": type("R", (), {"seed": 3})(), "x_t": plain.x_t[12], "sample_indices": [0, 1]})())
-    md = det.results().correction_mask[:, None].expand_as(plain.x_t[12])
+    xi, eps = noise_of(3, [0, 1], plain.x_t[12])
+    md = ttc.detector.results().dilated(1)[:, None].expand_as(plain.x_t[12])
     expected = math.sqrt(a) * (plain.x0[11] + 0.2 * xi) + math.sqrt(1 - a) * eps
     assert torch.allclose(spy.x_t[12][md], expected[md], atol=1e-6)
     assert spy.sigma[12] > 0 and all(spy.sigma[n] == 0 for n in range(N) if n != 12)
     # x0_source="current": one extra network call at n_c, x0' = x0_hat(x_{n_c})
-    det, spy = StreamingArtifactDetector(CFG), Spy()
-    run([det, TrajectoryAwareCorrection(det, CFG.with_(x0_source="current")), spy])
-    md = det.results().correction_mask[:, None].expand_as(plain.x_t[12])
+    cur, spy = asced(correction=CCFG.with_(x0_source="current")), Spy()
+    run([cur, spy])
+    md = cur.detector.results().dilated(1)[:, None].expand_as(plain.x_t[12])
     x0_cur = PlantedModel([True, False]).target(torch.full((2,), 500), torch.arange(2)).float()
-    _, eps = ttc.correction_noise(type("S", (), {"rng": type("R", (), {"seed": 3})(), "x_t": plain.x_t[12], "sample_indices": [0, 1]})())
     assert torch.allclose(spy.x_t[12][md], (math.sqrt(a) * x0_cur + math.sqrt(1 - a) * eps)[md], atol=1e-5)
+
+
+def test_mask_transform_hands_another_mask_to_the_correction():
+    plain = Spy()
+    run([plain])
+    moved = lambda res, idx: torch.roll(res.mask, (5, 3), (1, 2))  # noqa: E731
+    a, spy = asced(mask_transform=moved), Spy()
+    run([a, spy])
+    md = dilate_mask(torch.roll(a.detector.results().mask, (5, 3), (1, 2)), 1)
+    assert torch.equal((spy.x_t[12] != plain.x_t[12])[:, 0], md)
 
 
 def test_oracle_ttc_corrects_only_the_ground_truth_region():
@@ -397,7 +395,7 @@ def test_oracle_ttc_corrects_only_the_ground_truth_region():
     g = torch.zeros(2, H, H, dtype=torch.bool)
     g[1, 2:5, 2:5] = True  # oracle says: sample 1 has an artifact there, sample 0 none
     spy = Spy()
-    ttc = TrajectoryAwareCorrection(GroundTruthMasks(g), CFG)
+    ttc = TrajectoryAwareCorrection(GroundTruthMasks(g), CCFG)
     run([ttc, spy])
     assert ttc.corrected.tolist() == [False, True] and ttc.corrected_area.tolist() == [0, 25]
     diff = (spy.x_t[12] != plain.x_t[12])[:, 0]
@@ -462,14 +460,35 @@ def test_works_with_a_diffusers_unet2dmodel():
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
     model = as_eps_model(unet, SCHED)
     sampler = DDIMSampler(SCHED, 10, eta=0.0)
-    asced = AbnormalScoreCorrection(monitor=True)
-    x = sampler.sample(model, shape=(3, 16, 16), num_samples=3, seed=0, plugins=[asced])
+    asced, monitor = AbnormalScoreCorrection(), FlagFractionMonitor()
+    x = sampler.sample(model, shape=(3, 16, 16), num_samples=3, seed=0, plugins=[asced, monitor])
     x_plain = sampler.sample(model, shape=(3, 16, 16), num_samples=3, seed=0)
     res = asced.detector.results()
-    assert asced.detector.config == ASCEDConfig.for_resolution(16) and (asced.detector.n_d, asced.detector.n_c) == (2, 5)
-    assert res.mask.shape == (3, 16, 16) and asced.detector.flag_fraction.shape == (3, 9)
+    assert asced.detector.config == DetectorConfig.for_resolution(16) and (asced.detector.n_d, asced.detector.n_c) == (2, 5)
+    assert asced.corrector.config == CorrectionConfig.for_resolution(16) and monitor.config == DetectorConfig.for_resolution(16)
+    assert res.mask.shape == (3, 16, 16) and monitor.flag_fraction.shape == (3, 9)
     for b in range(3):
         assert torch.equal(x[b], x_plain[b]) == (not bool(asced.corrector.corrected[b]))
+
+
+def test_settings_are_resolved_per_run_from_the_sample_shape_and_results_are_per_run():
+    a, monitor, sc = AbnormalScoreCorrection(), FlagFractionMonitor(), ScoreClipping()
+    run([a, monitor, sc], planted=(True, False, True))
+    assert a.detector.config == CFG and a.corrector.config == CCFG and (sc.n_d, sc.n_c) == (6, 12)
+    first = a.detector.results()
+    assert first.sample_indices == [0, 1, 2] and a.corrector.corrected.shape == (3,) and monitor.flag_fraction.shape == (3, N - 1)
+    # a second run of the same plugins at another resolution and batch split: new settings, only the new run's results
+    sampler = DDIMSampler(SCHED, 10, eta=0.0, spacing="linspace")
+    sampler.sample(lambda x, t, c=None: torch.zeros_like(x), shape=(1, 8, 8), num_samples=5, seed=1, first_index=10, batch_size=2,
+                   plugins=[a, monitor, sc])
+    assert a.detector.config == DetectorConfig.for_resolution(8) and a.corrector.config == CorrectionConfig.for_resolution(8)
+    res = a.detector.results()
+    assert res.sample_indices == list(range(10, 15)) and res.mask.shape == (5, 8, 8)
+    assert a.corrector.corrected.shape == (5,) and monitor.flag_fraction.shape == (5, 9) and (sc.n_d, sc.n_c) == (2, 5)
+    # an explicit config is kept as given
+    det = StreamingArtifactDetector(CFG.with_(k=4.0))
+    run([det])
+    assert det.config.k == 4.0 and det.config.min_width == 2
 
 
 # ---------------------------------------------------------------- the bench suite and the demo row
