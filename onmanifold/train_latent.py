@@ -138,17 +138,19 @@ def train_autoencoder(
     seed: int = 0,
     save_every: int = 250,
     resume: bool = False,
+    std_samples: int = 2048,
     command: str = "",
     progress: bool = True,
 ) -> Path:
     """Train the shapes autoencoder (see the module doc) and save the EMA weights to ``out`` (diffusers layout).
 
     Loss per image: ``sum_pixels (x - D(z))^2 + kl_weight * KL(q(z|x) || N(0, I))``, averaged over the batch.
+    ``std_samples`` fresh shapes measure ``std(z)`` (and, up to 512 of them, the held-out reconstruction RMSE).
     """
     from diffusers import AutoencoderKL
     from tqdm.auto import tqdm
 
-    _check_positive(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay)
+    _check_positive(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, std_samples=std_samples)
     if kl_weight < 0:
         raise ValueError(f"kl_weight: expected >= 0, got {kl_weight}")
     torch.manual_seed(seed)
@@ -181,9 +183,9 @@ def train_autoencoder(
         if save_every and step % save_every == 0 and step < steps:
             _save_training_state(state_path, step, model, ema, opt, gen, losses)
     ema.eval()
-    std = _latent_std(ema, torch.Generator().manual_seed(seed + 1000))
+    std = _latent_std(ema, torch.Generator().manual_seed(seed + 1000), n=std_samples)
     ema.register_to_config(scaling_factor=1.0 / std)
-    x, _ = _data_sampler("shapes", torch.Generator().manual_seed(seed + 2000))(512)
+    x, _ = _data_sampler("shapes", torch.Generator().manual_seed(seed + 2000))(min(512, std_samples))
     with torch.no_grad():
         rmse = float((ema.decode(ema.encode(x).latent_dist.mode()).sample - x).pow(2).mean().sqrt())
     ema.save_pretrained(out, safe_serialization=True)

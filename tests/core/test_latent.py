@@ -316,3 +316,43 @@ def test_an_sd_folder_with_a_clip_text_encoder(tmp_path):
     shutil.rmtree(folder / "tokenizer")
     with pytest.raises(CheckpointError, match="missing: tokenizer/"):
         load_diffusion_model(folder)
+
+
+# ------------------------------------------------------------------ training (a few steps) and the command line
+def _weights(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_latent_training_resumes_to_the_same_weights_and_writes_an_sd_folder(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from onmanifold.train_latent import train_autoencoder, train_latent_diffusion
+
+    kw = dict(batch_size=4, save_every=1, std_samples=32, progress=False)
+    straight = train_autoencoder(tmp_path / "a", steps=2, **kw)
+    train_autoencoder(tmp_path / "b", steps=1, **kw)
+    resumed = train_autoencoder(tmp_path / "b", steps=2, resume=True, **kw)
+    wa, wb = (_weights(AutoencoderKL.from_pretrained(p, local_files_only=True)) for p in (straight, resumed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    meta = json.loads((straight / "onmanifold.json").read_text())
+    assert AutoencoderKL.from_pretrained(straight).config.scaling_factor == pytest.approx(1 / meta["latent_std"])
+    out = train_latent_diffusion(straight, tmp_path / "ldm", steps=2, batch_size=4, num_latents=8, progress=False)
+    for part in ("model_index.json", "unet", "vae", "scheduler", "prompt_embeddings.safetensors", "prompt_embeddings.json"):
+        assert (out / part).exists(), part
+    m = load_diffusion_model(out)
+    assert m.sample_shape == (4, 8, 8) and m.data_range is None
+    assert m.encode_prompt(["circle large", "triangle", ""]).shape == (3, 2, 32)
+    assert m.decode(torch.zeros(1, 4, 8, 8)).shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["train", "autoencoder", "--out", "X", "--steps", "0"], "steps"),
+    (["train", "latent-diffusion", "--vae", "X", "--out", "Y", "--cond-dropout", "1.5"], "cond_dropout"),
+])
+def test_the_training_commands_refuse_bad_input_with_exit_code_2(argv, name, capsys, tmp_path):
+    from onmanifold.cli import main
+
+    argv = [str(tmp_path / a) if a in ("X", "Y") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith((f"onmanifold: error: {name}", f"onmanifold: error: --{name.replace('_', '-')}"))
