@@ -23,6 +23,8 @@ split                  used for
 ``classifier-test``    held-out accuracy of classifiers and time predictors
 ``attribute-pool``     the pool per (type, size) pair of the two-attribute guidance tables
 ``ground-truth-check`` real images on which the ground-truth artifact rate is checked
+``reference-0..4``     gmm2d: the exact draw each of the toy table's five test seeds is scored against
+``tls-check``          gmm2d: the forward samples on which the learned time-linked score is compared to the exact one
 =====================  ===================================================================
 """
 
@@ -182,7 +184,9 @@ TESTBEDS: dict[str, TestBed] = {
         name="gmm2d",
         sample_shape=(2,),
         schedule_config={"kind": "linear", "num_train_steps": 100, "beta_start": 1e-3, "beta_end": 0.2},
-        split_seeds={"reference": 777, "floor": 778, "classifier-test": 777},
+        # reference-s: the fresh exact draw that the toy table scores test seed s against (reference-0 = reference)
+        split_seeds={"reference": 777, "floor": 778, "classifier-test": 777, "val": 776, "tls-check": 9,
+                     **{f"reference-{s}": 777 + s for s in range(5)}},
         split_sizes={"reference": 2000, "floor": 2000, "classifier-test": 2000},
         model="gmm2d-mlp",
         time_predictor="gmm2d-time",

@@ -16,12 +16,13 @@ eta = 1 (DSG needs a stochastic sampler), on the bundled shapes UNet, 128 held-o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import torch
-
+from .dsg import inverse_problem
+from .models import diffusion_model, time_predictor
 from .runner import Cell, Suite, finished_records
+from .tables import format_value, markdown_table
+from .timing import per_sample, timed
 
 __all__ = ["compose_suite", "compose_run", "COMPOSE_METHODS"]
 
@@ -29,19 +30,11 @@ COMPOSE_METHODS = ("dps", "dsg", "dps+tag", "dps+asced", "dsg+tag", "dsg+asced",
 ZETAS = (1.0, 3.0, 10.0)
 GUIDANCE_RATES = (0.1, 0.2, 0.3)
 OMEGAS = (1.0, 5.0, 20.0)
+# the test table's metric columns and their decimals
+COMPOSE_COLUMNS = (("psnr", 2), ("ssim", 4), ("fd", 3), ("gt_artifact_rate", 3), ("corrected_share", 3), ("s_per_sample", 3))
 
 
-def _problem(split: str, n: int, seed: int = 0):
-    from onmanifold.losses import MeasurementLoss
-    from onmanifold.operators import make_measurements
-    from .dsg import clean_images, make_task
-
-    truth, _ = clean_images("shapes", split, n)
-    op = make_task("shapes", "sr", n, seed)
-    return MeasurementLoss(op, make_measurements(op, truth, 0.05, seed=seed)), truth
-
-
-def compose_run(method: str, n: int, split: str = "heldout", zeta: float = 3.0, g_r: float = 0.2, omega0: float = 5.0, seed: int = 0,
+def compose_run(method: str, n: int, split: str = "test", zeta: float = 3.0, g_r: float = 0.2, omega0: float = 5.0, seed: int = 0,
                 steps: int = 25, samples_out: dict | None = None) -> dict:
     """Sample ``n`` shapes with ``method`` (``+``-joined parts of ``dps``/``dsg``, ``tag``, ``asced``) and score them.
 
@@ -51,33 +44,32 @@ def compose_run(method: str, n: int, split: str = "heldout", zeta: float = 3.0, 
     from onmanifold.artifacts import AbnormalScoreCorrection, CorrectionConfig, DetectorConfig, gt_artifact_mask
     from onmanifold.evaluate import quality
     from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
-    from onmanifold.model import load_diffusion_model
     from onmanifold.sampler import DDIMSampler
-    from onmanifold.temporal import TemporalAlignmentGuidance, load_time_predictor
+    from onmanifold.temporal import TemporalAlignmentGuidance
 
     parts = method.split("+")
     if parts[0] not in ("dps", "dsg") or not set(parts[1:]) <= {"tag", "asced"}:
         raise ValueError(f"method: expected dps or dsg, optionally +tag and/or +asced, got {method!r}")
-    loaded = load_diffusion_model("shapes-unet")
-    loss, truth = _problem(split, n, seed)
+    if split not in ("val", "test"):
+        raise ValueError(f"split: expected 'val' or 'test' (the shapes bed's splits), got {split!r}")
+    loaded = diffusion_model("shapes-unet")
+    loss, truth, _, _ = inverse_problem("shapes", "sr", split, n, seed)
     plugins = []
     asced = None
     if "asced" in parts:
         asced = AbnormalScoreCorrection(DetectorConfig.for_resolution(32), CorrectionConfig.for_resolution(32, eta_c=None))
         plugins.append(asced)
     if "tag" in parts:
-        plugins.append(TemporalAlignmentGuidance(load_time_predictor("shapes-time"), omega0))
+        plugins.append(TemporalAlignmentGuidance(time_predictor("shapes-time"), omega0))
     plugins.append(DiffusionPosteriorSampling(loss, zeta) if parts[0] == "dps" else SphericalGaussianGuidance(loss, g_r, 1))
     sampler = DDIMSampler(loaded.schedule, steps, eta=1.0)
-    t0 = time.perf_counter()
-    x = sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=100 + seed if split == "val" else seed,
-                       plugins=plugins, batch_size=128)
-    sec = time.perf_counter() - t0
+    x, sec = timed(sampler.sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=100 + seed if split == "val" else seed,
+                   plugins=plugins, batch_size=128)
     if samples_out is not None:
         samples_out.update(x=x, truth=truth)
     _, has = gt_artifact_mask(x)
     out = {"psnr": float(metrics.psnr(x, truth).mean()), "ssim": float(metrics.ssim(x, truth).mean()),
-           "gt_artifact_rate": float(has.float().mean()), "s_per_sample": sec / n}
+           "gt_artifact_rate": float(has.float().mean()), "s_per_sample": per_sample(sec, n)}
     if split != "val":
         out["fd"] = quality("shapes", x)["fd"]
     if asced is not None:
@@ -107,12 +99,11 @@ def compose_suite(quick: bool = False, run_dir: str | Path = "runs/compose") -> 
                 kw["zeta"] = best("dps", "zeta")
             return compose_run(method, s["n"], "val", **kw)
         knobs = {"zeta": best("dps", "zeta"), "g_r": best("dsg", "g_r"), "omega0": best("dps+tag", "omega0")}
-        return {**{f"chosen_{k}": v for k, v in knobs.items()}, **compose_run(cell.method, s["n"], "heldout", **knobs)}
+        return {**{f"chosen_{k}": v for k, v in knobs.items()}, **compose_run(cell.method, s["n"], "test", **knobs)}
 
-    suite = Suite("compose", cells, run_cell, description=__doc__.split("\n\n", 1)[1].strip(),
-                  columns=["chosen_zeta", "chosen_g_r", "chosen_omega0", "psnr", "ssim", "fd", "gt_artifact_rate", "corrected_share", "s_per_sample"])
-    suite.report = write_compose_report
-    return suite
+    return Suite("compose", cells, run_cell, description=__doc__.split("\n\n", 1)[1].strip(),
+                 columns=["chosen_zeta", "chosen_g_r", "chosen_omega0", "psnr", "ssim", "fd", "gt_artifact_rate", "corrected_share", "s_per_sample"],
+                 report=write_compose_report)
 
 
 def write_compose_report(records: list[dict], results_dir, command: str, run_dir) -> Path:
@@ -127,13 +118,9 @@ def write_compose_report(records: list[dict], results_dir, command: str, run_dir
     if test:
         any_m = next(iter(test.values()))
         L += [f"Chosen on validation: DPS zeta = {any_m['chosen_zeta']:g}, DSG g_r = {any_m['chosen_g_r']:g}, TAG omega0 = {any_m['chosen_omega0']:g}.", "",
-              "| method | PSNR | SSIM | FD | GT artifact rate | ASCED corrected | s/sample |", "|---|---|---|---|---|---|---|"]
-        for m in COMPOSE_METHODS:
-            if m in test:
-                r = test[m]
-                L.append(f"| {m} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['fd']:.3f} | {r['gt_artifact_rate']:.3f} | "
-                         f"{format(r['corrected_share'], '.3f') if 'corrected_share' in r else '-'} | {r['s_per_sample']:.3f} |")
-        L.append("")
+              markdown_table(["method", "PSNR", "SSIM", "FD", "GT artifact rate", "ASCED corrected", "s/sample"],
+                             [[m, *(format_value(test[m].get(k), decimals=d) for k, d in COMPOSE_COLUMNS)] for m in COMPOSE_METHODS if m in test]),
+              ""]
         if "dsg+tag+asced" in test:
             c = test["dsg+tag+asced"]
             best_psnr = max(test, key=lambda m: test[m]["psnr"])

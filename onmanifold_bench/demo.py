@@ -13,19 +13,15 @@ from pathlib import Path
 
 from onmanifold.nets.checkpoint import write_json_atomic, write_text_atomic
 
+from . import tables
+from .models import diffusion_model
+
 __all__ = ["run_demo", "markdown_table"]
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    """A markdown table of ``rows`` (dicts) over ``columns`` (missing values shown as '-')."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r[c]) if c in r else "-" for c in columns) + " |")
-    return "\n".join(lines)
+    """A markdown table of ``rows`` (dicts) over ``columns`` (missing values shown as '-'; floats to 4 significant digits)."""
+    return tables.markdown_table(columns, [[r.get(c) for c in columns] for r in rows], digits=4)
 
 
 # DPS step size for digits box inpainting at DDIM-50: the value the validation sweep of
@@ -35,14 +31,10 @@ DEMO_DPS_ZETA = 1.0
 
 def dsg_vs_dps_rows(n: int, seed: int) -> list[dict]:
     """DSG vs DPS (and unguided) on digits box inpainting, DDIM-50 eta = 1, ``n`` held-out images."""
-    from onmanifold_bench.dsg import _inverse_metrics, clean_images, guided_run, make_task
-    from onmanifold.losses import MeasurementLoss
-    from onmanifold.model import load_diffusion_model
-    from onmanifold.operators import make_measurements
+    from onmanifold_bench.dsg import _inverse_metrics, guided_run, inverse_problem
 
-    loaded = load_diffusion_model("digits-unet")
-    truth, labels = clean_images("digits", "heldout", n)
-    loss = MeasurementLoss(make_task("digits", "box", n, seed), make_measurements(make_task("digits", "box", n, seed), truth, 0.05, seed))
+    loaded = diffusion_model("digits-unet")
+    loss, truth, labels, _ = inverse_problem("digits", "box", "test", n, seed)
     rows = []
     for method, knobs, kw in (("unguided", "-", {}), ("DPS", f"zeta={DEMO_DPS_ZETA}", {"zeta": DEMO_DPS_ZETA}), ("DSG", "k=1, g_r=0.2", {"g_r": 0.2, "k": 1})):
         x, sec = guided_run(loaded, {"unguided": "none", "DPS": "dps", "DSG": "dsg"}[method], loss, 50, n, seed, **kw)
@@ -96,7 +88,7 @@ def _rows_compose(n: int, seed: int, out: Path) -> list[dict]:
     rows = []
     for method in ("dps", "dsg", "dsg+tag+asced"):
         keep: dict = {}
-        m = compose_run(method, n, "heldout", seed=seed, samples_out=keep, **DEMO_COMPOSE)
+        m = compose_run(method, n, "test", seed=seed, samples_out=keep, **DEMO_COMPOSE)
         save_grid(keep["x"][:32], out / f"compose_{method.replace('+', '_')}.png", nrow=8,
                   caption=f"The first {min(32, n)} of {n} held-out shapes reconstructed by {method.upper().replace('+', ' + ')} from their "
                           f"x4-downsampled measurements (sigma_y = 0.05, DDIM-25, eta = 1, knobs {DEMO_COMPOSE}).")

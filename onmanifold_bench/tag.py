@@ -28,13 +28,17 @@ on test seeds; the rule is written next to each table of ``docs/results/tag.md``
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from onmanifold.io import save_tensors_atomic
+from onmanifold.testbeds import get_testbed
+
+from .models import diffusion_model, time_predictor
 from .runner import Cell, Suite, finished_records
+from .tag_report import write_tag_report
+from .timing import alternating, per_sample, timed
 
 __all__ = ["tag_suite"]
 
@@ -67,9 +71,7 @@ def _sample(loaded, plugins, steps, n, seed, eta=0.0, spacing="leading", batch_s
 
     clamp = loaded.data_range is not None
     sampler = DDIMSampler(loaded.schedule, steps, eta=eta, spacing=spacing, clamp_x0=clamp)
-    t0 = time.perf_counter()
-    x = sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins, batch_size=batch_size)
-    return x, time.perf_counter() - t0
+    return timed(sampler.sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins, batch_size=batch_size)
 
 
 def _quality(bed, x, full=True) -> dict:
@@ -90,8 +92,6 @@ def _argbest(records, knob, key="fd", mode="min", rel_tol=0.005):
 
 def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
     """Temporal Alignment Guidance: toy drift, corrupted and few-step digits, label and two-attribute guidance, baselines, cost."""
-    from onmanifold.model import load_diffusion_model
-
     run_dir = Path(run_dir)
     q = quick
     n_val, n_test = (32, 64) if q else (256, 1000)
@@ -134,20 +134,10 @@ def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
         cells.append(Cell("shapes", {"variant": v, "per_pair": per_pair}))
     cells.append(Cell("cost", {"bed": "digits", "steps": 50, "n": 256, "repeats": 2 if q else 5}))
 
-    cache: dict = {}
-
     def loaded(bed):
-        if bed not in cache:
-            cache[bed] = load_diffusion_model(f"{bed}-unet" if bed != "gmm2d" else "gmm2d-mlp")
-        return cache[bed]
+        return diffusion_model(get_testbed(bed).model)
 
-    def predictor(name):
-        from onmanifold.temporal import load_time_predictor
-
-        key = ("phi", name)
-        if key not in cache:
-            cache[key] = load_time_predictor(name)
-        return cache[key]
+    predictor = time_predictor
 
     def records(cell_method: str, /, **match) -> list[dict]:
         return finished_records(cells, run_dir, cell_method, **match)
@@ -172,12 +162,9 @@ def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
             return _cost_cell(s, loaded("digits"), predictor("digits-time"))
         raise AssertionError(m)
 
-    suite = Suite("tag", cells, run_cell, description=__doc__.split("\n\n", 1)[1].strip(),
-                  columns=["omega0", "fd", "precision", "recall", "tg", "tg_independent", "w1", "acc", "joint_acc", "s_per_sample", "value"])
-    from .tag_report import write_tag_report
-
-    suite.report = write_tag_report
-    return suite
+    return Suite("tag", cells, run_cell, description=__doc__.split("\n\n", 1)[1].strip(),
+                 columns=["omega0", "fd", "precision", "recall", "tg", "tg_independent", "w1", "acc", "joint_acc", "s_per_sample", "value"],
+                 report=write_tag_report)
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -201,7 +188,7 @@ def _tls_cosine(phi, loaded, n) -> dict:
 
     exact = GaussianMixtureModel(GMM2D_MEANS, 1.0, loaded.schedule)
     oracle = ExactTimePosterior(exact)
-    g = torch.Generator().manual_seed(9)
+    g = get_testbed("gmm2d").generator("tls-check")  # one stream for the points and their noise, t after t
     rows = []
     for t in range(0, 100, 10):
         x0 = sample_gmm2d(n, g)
@@ -214,7 +201,7 @@ def _tls_cosine(phi, loaded, n) -> dict:
 
 
 def _toy_cell(m, s, loaded, phi_learned, records) -> dict:
-    from onmanifold.data.gmm2d import GMM2D_MEANS, sample_gmm2d
+    from onmanifold.data.gmm2d import GMM2D_MEANS
     from onmanifold.metrics import wasserstein1_exact
     from onmanifold.model import GaussianMixtureModel
     from onmanifold.temporal import ExactTimePosterior, LinearDrift, TemporalAlignmentGuidance, TimeGapRecorder
@@ -226,7 +213,7 @@ def _toy_cell(m, s, loaded, phi_learned, records) -> dict:
     if m == "toy-val":
         plugins = [LinearDrift(0.01), TemporalAlignmentGuidance(phis[s["phi"]], s["omega0"])]
         x, _ = _sample(toy, plugins, 100, s["n"], seed=100, eta=1.0, batch_size=s["n"])
-        return {"w1": wasserstein1_exact(x, sample_gmm2d(s["n"], torch.Generator().manual_seed(776)))}
+        return {"w1": wasserstein1_exact(x, get_testbed("gmm2d").images("val", s["n"])[0])}
     variant, seed = s["variant"], s["seed"]
     plugins, out = [], {}
     if variant != "clean":
@@ -239,18 +226,16 @@ def _toy_cell(m, s, loaded, phi_learned, records) -> dict:
         plugins.append(TemporalAlignmentGuidance(phis[which], w))
         out["omega0"] = w
     x, sec = _sample(toy, plugins, 100, s["n"], seed=seed, eta=1.0, batch_size=s["n"])
-    ref = sample_gmm2d(s["n"], torch.Generator().manual_seed(777 + seed))
-    out.update({"w1": wasserstein1_exact(x, ref), "tg": rec.mean(), "tg_exact": rec_exact.mean(), "s_per_sample": sec / s["n"]})
+    ref = get_testbed("gmm2d").images(f"reference-{seed}", s["n"])[0]
+    out.update({"w1": wasserstein1_exact(x, ref), "tg": rec.mean(), "tg_exact": rec_exact.mean(), "s_per_sample": per_sample(sec, s["n"])})
     return out
 
 
 def _independent_digits_predictor():
     """The independently trained digits predictor (not shipped), or None when it was not trained on this machine."""
-    from onmanifold.temporal import load_time_predictor
-
     if not Path(INDEPENDENT_DIGITS_PREDICTOR).is_dir():
         return None
-    return load_time_predictor(INDEPENDENT_DIGITS_PREDICTOR)  # a corrupt checkpoint raises
+    return time_predictor(INDEPENDENT_DIGITS_PREDICTOR)  # a corrupt checkpoint raises
 
 
 def _corrupt_cell(m, s, loaded, phi, records, run_dir, cell) -> dict:
@@ -269,7 +254,7 @@ def _corrupt_cell(m, s, loaded, phi, records, run_dir, cell) -> dict:
     if s["variant"] != "none":
         plugins.append(TemporalAlignmentGuidance(phi, w, placement=s["variant"]))
     x, sec = _sample(loaded, plugins, 50, s["n"], seed=0)
-    out = {"omega0": w, **_quality("digits", x), "tg": rec.mean(), "tg_curve": rec.curve(), "s_per_sample": sec / s["n"]}
+    out = {"omega0": w, **_quality("digits", x), "tg": rec.mean(), "tg_curve": rec.curve(), "s_per_sample": per_sample(sec, s["n"])}
     if rec2 is not None:
         out["tg_independent"] = rec2.mean()
     p = run_dir / "artifacts" / f"{cell.key}.pt"
@@ -290,7 +275,7 @@ def _fewstep_cell(m, s, loaded, phi, records) -> dict:
     x, sec = _sample(loaded, plugins, s["nfe"], s["n"], seed=100 if m == "fewstep-val" else 0, eta=s["eta"], spacing=s["spacing"])
     out = {"fd": _quality("digits", x, full=False)["fd"], "tg": rec.mean()}
     if m == "fewstep":
-        out.update({"omega0": w, **_quality("digits", x), "s_per_sample": sec / s["n"]})
+        out.update({"omega0": w, **_quality("digits", x), "s_per_sample": per_sample(sec, s["n"])})
     return out
 
 
@@ -325,7 +310,6 @@ def _label_plugins(method, value, loss, phi, chosen, data_var):
 
 def _label_cell(m, s, loaded, phi, records) -> dict:
     from onmanifold import metrics
-    from onmanifold.data.digits import load_digits_split
     from onmanifold.evaluate import eval_classifier, guidance_classifier
     from onmanifold.losses import ClassifierLoss
     from onmanifold.temporal import TimeGapRecorder, image_variance
@@ -333,7 +317,7 @@ def _label_cell(m, s, loaded, phi, records) -> dict:
     n = s["n"]
     target = torch.arange(n) % 10
     loss = ClassifierLoss(guidance_classifier("digits"), target)
-    data_var = image_variance(load_digits_split("train")[0])
+    data_var = image_variance(get_testbed("digits").images("train")[0])
     method = s["method"]
 
     def best(method_name, key):
@@ -359,7 +343,7 @@ def _label_cell(m, s, loaded, phi, records) -> dict:
     x, sec = _sample(loaded, plugins, 50, n, seed=100 if m == "label-val" else 0, eta=1.0)
     with torch.no_grad():
         acc = metrics.accuracy(eval_classifier("digits")(x.clamp(-1, 1)), target)
-    out = {"acc": acc, **_quality("digits", x, full=(m == "label")), "tg": rec.mean(), "s_per_sample": sec / n, "value": value}
+    out = {"acc": acc, **_quality("digits", x, full=(m == "label")), "tg": rec.mean(), "s_per_sample": per_sample(sec, n), "value": value}
     out.update({f"chosen_{k}": v for k, v in chosen.items()})
     extra = sum(getattr(p, "extra_model_calls", 0) for p in plugins)
     out["nfe_per_sample"] = 50 + extra * 1.0 / max(1, -(-n // 250))  # extra calls are counted per batch
@@ -372,12 +356,10 @@ def _shape_targets(per_pair):
 
 
 def _shape_reference(per_pair):
-    from onmanifold.data.shapes import sample_shapes
-
-    x, p = sample_shapes(6000, torch.Generator().manual_seed(4242))
+    x, labels = get_testbed("shapes").images("attribute-pool")  # labels: (type, size)
     refs = []
     for ty, sz in SHAPE_PAIRS:
-        sel = (p.type == ty) & (p.size == sz)
+        sel = (labels[:, 0] == ty) & (labels[:, 1] == sz)
         refs.append(x[sel][: 4 * per_pair])
     return torch.cat(refs)
 
@@ -426,7 +408,7 @@ def _shapes_cell(m, s, loaded, predictor, records) -> dict:
         lg = eval_classifier("shapes")(x.clamp(-1, 1))
     a_t, a_s = lg[0].argmax(1) == ty, lg[1].argmax(1) == sz
     out.update({"acc_type": float(a_t.float().mean()), "acc_size": float(a_s.float().mean()), "joint_acc": float((a_t & a_s).float().mean()),
-                "s_per_sample": sec / n})
+                "s_per_sample": per_sample(sec, n)})
     ref = _shape_reference(per_pair)
     out["fd"] = metrics.fd_in_features(eval_classifier("shapes"), x.clamp(-1, 1), ref)
     return out
@@ -447,28 +429,22 @@ def _cost_cell(s, loaded, phi) -> dict:
     n, steps = s["n"], s["steps"]
     loss = ClassifierLoss(guidance_classifier("digits"), torch.arange(n) % 10)
 
-    def timed(plugins):
-        return _sample(loaded, plugins, steps, n, seed=0, eta=1.0, batch_size=n)[1]
+    def run(plugins):
+        # the plugins are built per run, outside the timing
+        return lambda: _sample(loaded, plugins(), steps, n, seed=0, eta=1.0, batch_size=n)[1]
 
     x = torch.randn(n, *loaded.sample_shape)
 
     def tls_time():
-        t0 = time.perf_counter()
-        for t in range(steps):
-            time_linked_score(phi, x, 500)
-        return time.perf_counter() - t0
+        return timed(lambda: [time_linked_score(phi, x, 500) for _ in range(steps)])[1]
 
-    timed([])
-    r_plain, r_dps, share = [], [], []
-    for _ in range(s["repeats"]):
-        t_plain = timed([])
-        t_tag = timed([TemporalAlignmentGuidance(phi, 2.0)])
-        t_dps = timed([DiffusionPosteriorSampling(loss, 1.0)])
-        t_dps_tag = timed([TemporalAlignmentGuidance(phi, 2.0), DiffusionPosteriorSampling(loss, 1.0)])
-        t_phi = tls_time()
-        r_plain.append(t_tag / t_plain)
-        r_dps.append(t_dps_tag / t_dps)
-        share.append(t_phi / t_tag)
+    t = alternating({"plain": run(lambda: []), "tag": run(lambda: [TemporalAlignmentGuidance(phi, 2.0)]),
+                     "dps": run(lambda: [DiffusionPosteriorSampling(loss, 1.0)]),
+                     "dps+tag": run(lambda: [TemporalAlignmentGuidance(phi, 2.0), DiffusionPosteriorSampling(loss, 1.0)]),
+                     "phi": tls_time}, s["repeats"], warmup=[run(lambda: [])])
+    r_plain = [a / b for a, b in zip(t["tag"], t["plain"])]
+    r_dps = [a / b for a, b in zip(t["dps+tag"], t["dps"])]
+    share = [a / b for a, b in zip(t["phi"], t["tag"])]
     return {"ratio_tag_over_plain": statistics.median(r_plain), "ratio_dps_tag_over_dps": statistics.median(r_dps),
             "predictor_share_of_tag_time": statistics.median(share), "all_tag_over_plain": r_plain, "all_dps_tag_over_dps": r_dps}
 
@@ -483,24 +459,22 @@ DEMO_CORRUPT_OMEGA = 0.5
 
 def tag_demo_rows(n_toy: int = 1000, n_digits: int = 256, seed: int = 0) -> list[dict]:
     """TAG rows of ``onmanifold demo``: gmm2d with drift (W1) and corrupted digits (FD, time gap)."""
-    from onmanifold.data.gmm2d import sample_gmm2d
     from onmanifold.metrics import wasserstein1_exact
-    from onmanifold.model import load_diffusion_model
-    from onmanifold.temporal import LinearDrift, NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder, load_time_predictor
+    from onmanifold.temporal import LinearDrift, NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder
 
     rows = []
-    toy, phi = load_diffusion_model("gmm2d-mlp"), load_time_predictor("gmm2d-time")
-    ref = sample_gmm2d(n_toy, torch.Generator().manual_seed(777))
+    toy, phi = diffusion_model("gmm2d-mlp"), time_predictor("gmm2d-time")
+    ref = get_testbed("gmm2d").images("reference", n_toy)[0]
     for label, plugins in (("clean", []), ("drift", [LinearDrift(0.01)]),
                            ("drift + TAG", [LinearDrift(0.01), TemporalAlignmentGuidance(phi, DEMO_TOY_OMEGA)])):
         x, sec = _sample(toy, plugins, 100, n_toy, seed, eta=1.0, batch_size=n_toy)
         rows.append({"task": "gmm2d, drift -0.01x, DDPM-100", "method": label, "omega0": DEMO_TOY_OMEGA if "TAG" in label else "-",
-                     "w1": wasserstein1_exact(x, ref), "s/sample": sec / n_toy})
-    digits, phi = load_diffusion_model("digits-unet"), load_time_predictor("digits-time")
+                     "w1": wasserstein1_exact(x, ref), "s/sample": per_sample(sec, n_toy)})
+    digits, phi = diffusion_model("digits-unet"), time_predictor("digits-time")
     for label, w in (("corrupted", 0.0), ("corrupted + TAG", DEMO_CORRUPT_OMEGA)):
         rec = TimeGapRecorder(phi)
         plugins = [NoiseInjection(DEMO_CORRUPT_SIGMA), rec, TemporalAlignmentGuidance(phi, w)]
         x, sec = _sample(digits, plugins, 50, n_digits, seed)
         rows.append({"task": f"digits, sigma={DEMO_CORRUPT_SIGMA} noise every step, DDIM-50", "method": label, "omega0": w if w else "-",
-                     "fd": _quality("digits", x, full=False)["fd"], "time gap": rec.mean(), "s/sample": sec / n_digits})
+                     "fd": _quality("digits", x, full=False)["fd"], "time gap": rec.mean(), "s/sample": per_sample(sec, n_digits)})
     return rows

@@ -7,17 +7,13 @@ import statistics
 from pathlib import Path
 
 from onmanifold.nets.checkpoint import write_text_atomic
+
+from .paper_numbers import TAG as PAPER
 from .runner import first_metrics as _m
-from .runner import format_value as _f
 from .runner import select_records as _by
+from .tables import markdown_table as _table
 
 __all__ = ["write_tag_report"]
-
-
-def _table(header, rows):
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(_f(v) for v in row) + " |" for row in rows]
-    return "\n".join(out)
 
 
 def _figures(records, fig_dir: Path) -> list[str]:
@@ -112,7 +108,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
         L += ["## Toy: gmm2d with drift (Sec. 2)", "",
               "DDPM-100 (T = 100), drift x <- 0.99 x at the start of every step; exact W1 (POT) of 2000 samples vs 2000 fresh exact draws, "
               "mean +- sd over 5 test seeds; omega0 by the lowest W1 on a validation seed (grid " + ", ".join(map(str, sorted({r['cell']['setting']['omega0'] for r in _by(records, 'toy-val')}))) + "). "
-              "TG = time gap under the learned predictor (which the tag-learned runs ascend) and under the exact posterior. Paper: W1 6.458 -> 1.713 (its scale of drift effect differs: 100 DDPM steps of its own model).", ""]
+              "TG = time gap under the learned predictor (which the tag-learned runs ascend) and under the exact posterior. Paper: W1 " f"{PAPER['toy_w1']['drift']:.3f} -> {PAPER['toy_w1']['tag']:.3f} (its scale of drift effect differs: 100 DDPM steps of its own model).", ""]
         rows = []
         for eps in ("mlp", "exact"):
             for v in ("clean", "drift", "tag-learned", "tag-oracle"):

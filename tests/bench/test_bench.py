@@ -15,9 +15,10 @@ def test_list_suites(capsys):
     assert "models" in out and "dsg" in out
 
 
-def test_unknown_suite_is_refused():
-    with pytest.raises(SystemExit, match="suite"):
-        main(["bench", "nope"])
+def test_unknown_suite_is_refused(capsys):
+    assert main(["bench", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "suite: expected one of" in err and len(err.splitlines()) == 1
 
 
 def test_cell_selector():
@@ -90,8 +91,9 @@ def test_import_results_carries_finished_cells_and_commands_into_a_fresh_run_dir
     old_cells = sorted(p.name for p in (tmp_path / "old" / "cells").glob("*.json"))
     assert old_cells
     capsys.readouterr()
-    # a fresh checkout: empty run dir; nothing is selected to run, so every record must come from the summary
-    again = ["bench", "tag", "--quick", "--only", "method=none", "--run-dir", str(tmp_path / "new"), "--results-dir", str(tmp_path / "res2"),
+    # a fresh checkout: empty run dir; the selected cell is in the summary, so every record must come from it
+    again = ["bench", "tag", "--quick", "--only", "method=toy-val", "--only", "eps=mlp", "--only", "phi=learned", "--only", "omega0=0.3",
+             "--run-dir", str(tmp_path / "new"), "--results-dir", str(tmp_path / "res2"),
              "--import-results", str(tmp_path / "res" / "tag.json"), "--no-progress"]
     assert main(again) == 0
     assert f"imported {len(old_cells)} finished cells" in capsys.readouterr().out
@@ -100,3 +102,118 @@ def test_import_results_carries_finished_cells_and_commands_into_a_fresh_run_dir
     assert len(log) == 2 and "phi=learned" in log[0] and "--import-results" in log[1]
     assert main(["bench", "dsg", "--quick", "--run-dir", str(tmp_path / "x"), "--import-results", str(tmp_path / "res" / "tag.json")]) == 2
     assert "results_json: " in capsys.readouterr().err and not (tmp_path / "x" / "cells").exists()
+
+
+# ------------------------------------------------------------------------------------------ the bench command's promises
+# A toy suite stands in for the real ones (registered by monkeypatching the suite registry): the command's behaviour is
+# the same for every suite, and the toy's cells take no time.
+
+
+def _toy(monkeypatch, calls: list):
+    import onmanifold_bench
+    from onmanifold_bench.runner import Suite, finished_records
+
+    def toy_suite(quick: bool = False, run_dir="runs/toy"):
+        """A validation sweep and a test cell that reads its choice."""
+        cells = [Cell("val", {"knob": k}) for k in (1.0, 2.0, 3.0)] + [Cell("test", {"n": 4})]
+
+        def run_cell(cell):
+            calls.append(cell.method)
+            if cell.method == "val":
+                return {"score": (cell.setting["knob"] - 2.0) ** 2}
+            val = finished_records(cells, run_dir, "val")
+            return {"chosen": min(val, key=lambda r: r["metrics"]["score"])["cell"]["setting"]["knob"]}
+
+        return Suite("toy", cells, run_cell, description="toy")
+
+    monkeypatch.setattr(onmanifold_bench, "_suites", lambda: {"toy": toy_suite})
+    return toy_suite
+
+
+def _bench(tmp_path, run: str, *extra: str) -> int:
+    return main(["bench", "toy", "--run-dir", str(tmp_path / run), "--results-dir", str(tmp_path / "results"), "--no-progress", *extra])
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_filter_that_matches_no_cell_is_an_error(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    _toy(monkeypatch, calls)
+    assert _bench(tmp_path, "run", "--only", "method=nosuch") == 2
+    err = _one_error_line(capsys)
+    assert "--only: 'method=nosuch' matches no cell" in err and "val, test" not in err and "test, val" in err
+    assert _bench(tmp_path, "run", "--exclude", "knob=7") == 2
+    assert "--exclude: 'knob=7' matches no cell" in _one_error_line(capsys)
+    assert _bench(tmp_path, "run", "--only", "method=test", "--only", "knob=1.0") == 2
+    assert "together match no cell" in _one_error_line(capsys)
+    assert calls == [] and not list(tmp_path.glob("results/toy.*")) and not list(tmp_path.glob("run/cells/*.json"))
+
+
+def test_a_missing_dependency_is_one_line_naming_the_cell(tmp_path, monkeypatch, capsys):
+    calls: list = []
+    _toy(monkeypatch, calls)
+    assert _bench(tmp_path, "run", "--only", "method=test") == 2
+    err = _one_error_line(capsys)
+    assert "needs cell val__knob=1.0" in err and "--only" in err
+    assert not list(tmp_path.glob("results/toy.*"))
+
+
+def test_a_missing_metric_is_one_line_naming_the_cell_and_the_metric(tmp_path, monkeypatch, capsys):
+    import json
+
+    from onmanifold_bench.runner import record_checksum
+
+    calls: list = []
+    _toy(monkeypatch, calls)
+    assert _bench(tmp_path, "run", "--only", "method=val") == 0
+    path = tmp_path / "run" / "cells" / f"{Cell('val', {'knob': 2.0}).key}.json"
+    rec = json.loads(path.read_text())
+    rec["metrics"] = {"loss": 0.0}  # a well-formed record of another version of the suite
+    rec["checksum"] = record_checksum(rec)
+    path.write_text(json.dumps(rec))
+    capsys.readouterr()
+    assert _bench(tmp_path, "run", "--only", "method=test") == 2
+    err = _one_error_line(capsys)
+    assert f"cell {Cell('val', {'knob': 2.0}).key} has no metric 'score'" in err and "test__n=4" in err and "loss" in err
+
+
+def test_committed_results_are_never_lost(tmp_path, monkeypatch, capsys):
+    import json
+
+    calls: list = []
+    _toy(monkeypatch, calls)
+    assert _bench(tmp_path, "first") == 0
+    summary = tmp_path / "results" / "toy.json"
+    before = summary.read_bytes()
+    assert len(json.loads(before)["records"]) == 4 and calls == ["val", "val", "val", "test"]
+    capsys.readouterr()
+
+    # a fresh run dir that is told not to import, running one cell: it would shrink the summary, so it refuses up front
+    calls.clear()
+    assert _bench(tmp_path, "bare", "--no-import", "--only", "knob=1.0") == 2
+    err = _one_error_line(capsys)
+    assert "holds 4 finished records and this run would leave 1" in err
+    assert f"--import-results {summary}" in err and "--force" in err
+    assert summary.read_bytes() == before and calls == [] and not list((tmp_path / "bare" / "cells").glob("*.json"))
+
+    # a fresh run dir seeds itself from the committed summary by default: nothing is recomputed, nothing lost
+    assert _bench(tmp_path, "fresh", "--only", "knob=1.0") == 0
+    assert f"{tmp_path / 'fresh'} is new: imported 4 finished cells" in capsys.readouterr().out
+    assert calls == [] and len(json.loads(summary.read_text())["records"]) == 4
+    assert "onmanifold bench toy" in (tmp_path / "fresh" / "commands.log").read_text()  # the history came along
+
+    # --force overwrites on purpose
+    assert _bench(tmp_path, "bare", "--no-import", "--only", "knob=1.0", "--force") == 0
+    assert len(json.loads(summary.read_text())["records"]) == 1 and calls == ["val"]
+
+
+def test_every_suite_declares_its_page():
+    from onmanifold_bench import SUITES
+
+    suites = {name: factory(False, "unused") for name, factory in SUITES().items()}
+    assert {name for name, s in suites.items() if s.report is not None} == {"dsg", "tag", "asced", "compose"}
+    assert all(callable(s.report) for s in suites.values() if s.report is not None)

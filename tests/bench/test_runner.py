@@ -1,4 +1,5 @@
-"""The resumable benchmark runner: stable keys, resume, corrupt files, strict JSON, summaries, SIGKILL."""
+"""The resumable benchmark runner: stable keys, resume, corrupt files, strict JSON, summaries, SIGKILL; records checked by
+schema and checksum, inputs tracked (an upstream change recomputes downstream cells), run directories shared by processes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from onmanifold_bench.runner import Cell, Suite, run_suite, summarize
+from onmanifold_bench.runner import Cell, CellNotReady, MissingMetricError, Suite, finished_records, record_checksum, run_suite, summarize
 
 
 def _trivial_suite(calls: list, n: int = 5, name: str = "trivial") -> Suite:
@@ -307,3 +308,231 @@ def test_sigkill_loses_at_most_the_cell_in_flight(tmp_path):
     assert calls == list(range(n_before, _N_KILL))
     assert [r["metrics"]["value"] for r in records] == list(range(_N_KILL))
     assert [r["cell"] for r in records] == [c.describe() for c in cells]
+
+
+# ------------------------------------------------------------------------------------------ checked records
+
+
+def _edit(path: Path, change) -> None:
+    rec = json.loads(path.read_text())
+    change(rec)
+    path.write_text(json.dumps(rec, indent=2))
+
+
+def test_hand_edited_value_is_detected_and_recomputed(tmp_path):
+    calls: list = []
+    suite = _trivial_suite(calls)
+    records = run_suite(suite, tmp_path, progress=False)
+    assert all(r["checksum"] == record_checksum(r) for r in records)
+    victim = suite.cells[3]
+    path = tmp_path / "cells" / f"{victim.key}.json"
+    _edit(path, lambda r: r["metrics"].update(value=999))  # a plausible, well-formed, hand-edited value
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match="does not match its checksum"):
+        again = run_suite(suite, tmp_path, progress=False)
+    assert calls == [victim]
+    assert again[3]["metrics"]["value"] == 3 and json.loads(path.read_text())["metrics"]["value"] == 3
+
+
+@pytest.mark.parametrize("damage", ["drop-checksum", "drop-inputs", "drop-seconds", "bad-seconds", "unknown-field", "bad-inputs"])
+def test_incomplete_or_malformed_record_is_recomputed(tmp_path, damage):
+    calls: list = []
+    suite = _trivial_suite(calls, n=2)
+    run_suite(suite, tmp_path, progress=False)
+    path = tmp_path / "cells" / f"{suite.cells[0].key}.json"
+    change = {"drop-checksum": lambda r: r.pop("checksum"), "drop-inputs": lambda r: r.pop("inputs"),
+              "drop-seconds": lambda r: r.pop("seconds"), "bad-seconds": lambda r: r.update(seconds=-1.0),
+              "unknown-field": lambda r: r.update(note="x"), "bad-inputs": lambda r: r.update(inputs=[{"method": 1}])}[damage]
+
+    def damage_and_reseal(r):
+        change(r)
+        if "checksum" in r:
+            r["checksum"] = record_checksum(r)  # only the schema can catch these
+
+    _edit(path, damage_and_reseal)
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match="recomputing cell"):
+        run_suite(suite, tmp_path, progress=False)
+    assert calls == [suite.cells[0]]
+
+
+def test_legacy_records_are_used_and_gain_a_checksum(tmp_path):
+    """Records written before checksums and inputs (every committed summary so far) still count as finished."""
+    calls: list = []
+    suite = _trivial_suite(calls, n=2)
+    run_suite(suite, tmp_path, progress=False)
+    path = tmp_path / "cells" / f"{suite.cells[1].key}.json"
+    _edit(path, lambda r: (r.pop("checksum"), r.pop("inputs")))
+    calls.clear()
+    records = run_suite(suite, tmp_path, progress=False)
+    assert calls == [] and records[1]["metrics"]["value"] == 1
+    rec = json.loads(path.read_text())
+    assert rec["inputs"] is None and rec["checksum"] == record_checksum(rec)  # protected from now on
+
+
+def test_missing_metric_names_the_cell_and_the_metric(tmp_path):
+    cells = [Cell("val", {"k": 1}), Cell("test", {})]
+
+    def run_cell(cell):
+        if cell.method == "val":
+            return {"score": 1.0}
+        return {"x": finished_records(cells, tmp_path, "val")[0]["metrics"]["val_fd"]}
+
+    with pytest.raises(MissingMetricError) as info:
+        run_suite(Suite("mm", cells, run_cell), tmp_path, progress=False)
+    text = str(info.value)
+    assert cells[0].key in text and "'val_fd'" in text and cells[1].key in text and "score" in text
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _sweep_suite(calls: list, run_dir: Path, grid=(1.0, 2.0, 3.0), offsets: dict | None = None) -> Suite:
+    """Validation cells score a knob; the test cell reads the best knob from them (as every suite's sweeps do)."""
+    cells = [Cell("val", {"knob": k}) for k in grid] + [Cell("test", {"n": 4})]
+
+    def run_cell(cell):
+        calls.append(cell.method if cell.method == "test" else cell.setting["knob"])
+        if cell.method == "val":
+            k = cell.setting["knob"]
+            return {"score": (k - 2.0) ** 2 + (offsets or {}).get(k, 0.0)}
+        val = finished_records(cells, run_dir, "val")
+        return {"chosen": min(val, key=lambda r: r["metrics"]["score"])["cell"]["setting"]["knob"]}
+
+    return Suite("sweep", cells, run_cell)
+
+
+def test_an_upstream_change_recomputes_the_downstream_cells(tmp_path):
+    calls: list = []
+    records = run_suite(_sweep_suite(calls, tmp_path), tmp_path, progress=False)
+    assert records[-1]["metrics"]["chosen"] == 2.0 and calls == [1.0, 2.0, 3.0, "test"]
+    assert [q["method"] for q in records[-1]["inputs"]] == ["val"] and len(records[-1]["inputs"][0]["cells"]) == 3
+    val2 = tmp_path / "cells" / f"{Cell('val', {'knob': 2.0}).key}.json"
+
+    # the upstream cell is recomputed with the same result: the downstream record stays valid
+    val2.unlink()
+    calls.clear()
+    run_suite(_sweep_suite(calls, tmp_path), tmp_path, progress=False)
+    assert calls == [2.0]
+
+    # its result changes (new code, say): the downstream cell is recomputed, with a warning
+    val2.unlink()
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match=r"input cell val__knob=2\.0.* changed"):
+        records = run_suite(_sweep_suite(calls, tmp_path, offsets={2.0: 10.0}), tmp_path, progress=False)
+    assert calls == [2.0, "test"] and records[-1]["metrics"]["chosen"] == 1.0
+
+    # the sweep widens: the test cell's query now matches another cell, so it is recomputed
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match=r"matches changed.*new: val__knob=0\.5"):
+        records = run_suite(_sweep_suite(calls, tmp_path, grid=(0.5, 1.0, 2.0, 3.0), offsets={2.0: 10.0}), tmp_path, progress=False)
+    assert calls == [0.5, "test"] and records[-1]["metrics"]["chosen"] == 1.0
+
+
+def test_a_hand_edited_upstream_record_is_healed_without_touching_downstream(tmp_path):
+    calls: list = []
+    run_suite(_sweep_suite(calls, tmp_path), tmp_path, progress=False)
+    _edit(tmp_path / "cells" / f"{Cell('val', {'knob': 3.0}).key}.json", lambda r: r["metrics"].update(score=-5.0))
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match="checksum"):
+        records = run_suite(_sweep_suite(calls, tmp_path), tmp_path, progress=False)
+    assert calls == [3.0]  # recomputed to its true score; the test cell's input is unchanged again
+    assert records[-1]["metrics"]["chosen"] == 2.0
+
+
+def test_cell_not_ready_names_the_missing_cell(tmp_path):
+    calls: list = []
+    suite = _sweep_suite(calls, tmp_path)
+    with pytest.raises(CellNotReady, match=r"cell test__n=4.* needs cell val__knob=1\.0.*--only") as info:
+        run_suite(suite, tmp_path, progress=False, shard_filter=lambda c: c.method == "test")
+    assert set(info.value.missing) == {c.key for c in suite.cells if c.method == "val"}
+    assert calls == ["test"]
+
+
+# ------------------------------------------------------------------------------------------ sharing a run directory
+
+_SHARED = """
+import os, sys, time
+from pathlib import Path
+from onmanifold_bench import _command_history
+from onmanifold_bench.runner import Cell, Suite, finished_records, run_suite
+
+run_dir, name = Path(sys.argv[1]), sys.argv[2]
+cells = [Cell("work", {{"index": i}}) for i in range({n})] + [Cell("total", {{}})]
+
+def run_cell(cell):
+    if cell.method == "total":  # raises CellNotReady (not computed) until every work cell has finished
+        out = {{"sum": sum(r["metrics"]["value"] for r in finished_records(cells, run_dir, "work"))}}
+    else:
+        time.sleep(0.3)
+        out = {{"value": cell.setting["index"]}}
+    with open(run_dir / "computed.log", "a") as f:  # one line per finished computation, O_APPEND
+        f.write(f"{{name}} {{cell.key}}\\n")
+    return out
+
+(run_dir / f"ready-{{name}}").touch()
+while not (run_dir / "go").exists():
+    time.sleep(0.01)
+records = run_suite(Suite("shared", cells, run_cell), run_dir, progress=False, poll_seconds=0.05)
+assert len(records) == {n} + 1, len(records)
+for i in range(20):
+    _command_history(str(run_dir), f"bench shared --from {{name}} --line {{i}}")
+"""
+
+
+def test_two_processes_share_one_run_dir(tmp_path):
+    n = 8
+    script = tmp_path / "shared.py"
+    script.write_text(_SHARED.format(n=n))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(run_dir), name], stderr=subprocess.PIPE, env=env) for name in ("a", "b")]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((run_dir / f"ready-{name}").exists() for name in ("a", "b")):
+            assert all(p.poll() is None for p in procs), [p.stderr.read().decode()[-2000:] for p in procs]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        (run_dir / "go").touch()
+        for p in procs:
+            p.wait(timeout=120)
+            assert p.returncode == 0, p.stderr.read().decode()[-2000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stderr.close()
+    lines = (run_dir / "computed.log").read_text().splitlines()
+    keys = [ln.split()[1] for ln in lines]
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == n + 1  # every cell computed exactly once
+    assert {ln.split()[0] for ln in lines} == {"a", "b"}  # and both processes did work
+    assert json.loads((run_dir / "cells" / f"{Cell('total', {}).key}.json").read_text())["metrics"]["sum"] == sum(range(n))
+    log = (run_dir / "commands.log").read_text().splitlines()
+    assert sorted(log) == sorted(f"bench shared --from {name} --line {i}" for name in "ab" for i in range(20))  # no line lost
+    assert not list((run_dir / "claims").iterdir())  # every claim released
+
+
+def test_a_live_claim_is_respected_and_a_dead_one_taken_over(tmp_path):
+    import socket
+
+    from onmanifold_bench.locks import _process_start
+
+    calls: list = []
+    suite = _trivial_suite(calls, n=2)
+    claims = tmp_path / "claims"
+    claims.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        info = {"pid": holder.pid, "host": socket.gethostname(), "process_start": _process_start(holder.pid), "token": "t"}
+        (claims / f"{suite.cells[0].key}.json").write_text(json.dumps(info))
+        with pytest.raises(CellNotReady, match="waited"):
+            run_suite(suite, tmp_path, progress=False, wait_seconds=0.5, poll_seconds=0.1)
+        assert calls == [suite.cells[1]]  # the claimed cell was left to its (live) holder
+    finally:
+        holder.kill()
+        holder.wait()
+    calls.clear()
+    records = run_suite(suite, tmp_path, progress=False)  # the holder died: its claim is stale
+    assert calls == [suite.cells[0]] and len(records) == 2

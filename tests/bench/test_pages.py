@@ -1,0 +1,127 @@
+"""The results pages: each suite's report writer on a tiny run directory of finished records, and a committed page
+regenerated from its committed JSON (``--import-results``) with the same tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from onmanifold.cli import main
+from onmanifold_bench.runner import Cell
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+
+
+def _rec(method: str, setting: dict, metrics: dict, shard: int = 0, seeds: tuple = ()) -> dict:
+    return {"cell": Cell(method, setting, shard, seeds).describe(), "metrics": metrics, "seconds": 1.0, "finished_at": "2026-01-01T00:00:00+00:00",
+            "inputs": []}
+
+
+def _page(suite_name: str, records: list[dict], tmp_path: Path, **kw) -> str:
+    from onmanifold_bench import SUITES
+
+    suite = SUITES()[suite_name](False, tmp_path / "run")
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    path = suite.report(records, results, "onmanifold bench " + suite_name, tmp_path / "run")
+    assert path == results / f"{suite_name}.md" and path.is_file()
+    return path.read_text()
+
+
+def test_dsg_page(tmp_path):
+    base = {"bed": "digits", "task": "box"}
+    records = [
+        _rec("dps", {**base, "steps": 100, "n": 256}, {"zeta": 1.0, "psnr": 20.1234, "ssim": 0.81234, "fd": 3.456, "acc": 0.9, "s_per_sample": 0.0123}),
+        _rec("dsg", {**base, "steps": 100, "k": 1, "g_r": 0.2, "n": 256}, {"psnr": 21.3456, "ssim": 0.85, "fd": 2.5, "acc": 0.95, "s_per_sample": 0.011}),
+        _rec("dps", {**base, "steps": 1000, "n": 256, "zeta_grid": [0.1, 0.3, 1.0, 3.0]},
+             {"zeta": 0.3, "psnr": 22.0, "ssim": 0.9, "fd": 2.0, "acc": 0.97, "s_per_sample": 0.5}),
+        _rec("label-dps", {"bed": "digits", "steps": 100, "n": 256}, {"acc": 0.8, "fd": 5.25, "s_per_sample": 0.02, "zeta": 3.0}),
+        _rec("step-time", {**base, "steps": 50, "n": 64, "repeats": 5},
+             {"ratio_guided_dsg_over_dps": 1.01, "ratio_unguided_dsg_over_dps": 0.35, "ratio_guided_all": [1.0, 1.02], "ratio_unguided_all": [0.3]}),
+    ]
+    page = _page("dsg", records, tmp_path)
+    assert "## digits: box" in page
+    assert "| 100 | 1 | 20.12 | 21.35 | 0.812 | 0.85 | 3.46 | 2.5 | 0.9 | 0.95 | 0.0123 | 0.011 | 1 / 0.2 |" in page
+    assert "| 1000 | 0.3 | 22 | - | 0.9 | - | 2 | - | 0.97 | - | 0.5 | - | 5 / 0.2 |" in page
+    assert "| label-dps | zeta=3.0 | 0.8 | 5.25 | 0.02 |" in page
+    assert "DSG has the lower (or equal) FD in 1 of 1" in page
+    assert "target <= 1.05" in page  # the project's target, from onmanifold_bench.paper_numbers
+
+
+def test_tag_page(tmp_path):
+    def toy(variant, w1, **extra):
+        return _rec("toy", {"eps": "mlp", "variant": variant, "seed": 0, "n": 2000}, {"w1": w1, "tg": 5.0, "tg_exact": 4.0, **extra})
+
+    records = [_rec("toy-val", {"eps": "mlp", "phi": "learned", "omega0": 1.0, "n": 2000}, {"w1": 2.5}),
+               toy("clean", 1.0), toy("drift", 3.0), toy("tag-learned", 2.0, omega0=1.0),
+               _rec("cost", {"bed": "digits", "steps": 50, "n": 256, "repeats": 2},
+                    {"ratio_tag_over_plain": 1.5, "ratio_dps_tag_over_dps": 1.2, "predictor_share_of_tag_time": 0.25,
+                     "all_tag_over_plain": [1.4, 1.6], "all_dps_tag_over_dps": [1.2, 1.2]})]
+    page = _page("tag", records, tmp_path)
+    assert "| eps model | run | omega0 | W1 | TG (learned predictor) | TG (exact posterior) |" in page
+    assert "| mlp | drift | - | 3.000 +- 0.000 | 5 | 4 |" in page and "| mlp | tag-learned | 1 | 2.000 +- 0.000 | 5 | 4 |" in page
+    assert "Paper: W1 6.458 -> 1.713" in page  # the paper's number, from onmanifold_bench.paper_numbers
+    assert "toy (mlp eps): drift W1 3.00 -> 2.00 with TAG (learned predictor), clean 1.00: TAG closes 50 % of the drift gap (holds)." in page
+    assert "TAG step / plain step = 1.500 (runs 1.400, 1.600)" in page
+
+
+def test_compose_page(tmp_path):
+    def test_cell(method, psnr, **extra):
+        return _rec(method, {"n": 128}, {"chosen_zeta": 10.0, "chosen_g_r": 0.1, "chosen_omega0": 1.0, "psnr": psnr, "ssim": 0.91234,
+                                         "fd": 1.5, "gt_artifact_rate": 0.0625, "s_per_sample": 0.25, **extra})
+
+    records = [_rec("val-dsg", {"g_r": 0.1, "n": 32}, {"psnr": 35.0}), test_cell("dsg", 36.4831),
+               test_cell("dsg+tag+asced", 36.07, corrected_share=0.5)]
+    page = _page("compose", records, tmp_path)
+    assert "Chosen on validation: DPS zeta = 10, DSG g_r = 0.1, TAG omega0 = 1." in page
+    assert "| method | PSNR | SSIM | FD | GT artifact rate | ASCED corrected | s/sample |" in page
+    assert "| dsg | 36.48 | 0.9123 | 1.500 | 0.062 | - | 0.250 |" in page
+    assert "| dsg+tag+asced | 36.07 | 0.9123 | 1.500 | 0.062 | 0.500 | 0.250 |" in page
+    assert "corrected 50 % of the samples" in page
+
+
+def test_asced_page(tmp_path, monkeypatch):
+    """The ASCED page from its summary and overhead records (here the committed ones: no sample artifacts in the run dir)."""
+    import onmanifold_bench.asced as asced
+
+    monkeypatch.setattr(asced, "_saturation", lambda n: [0.5] * asced.STEPS)  # a measurement the page makes itself (seconds)
+    committed = json.loads((RESULTS / "asced.json").read_text())["records"]
+    records = [r for r in committed if r["cell"]["method"] in ("summary", "overhead", "snapshot-gt-rate")]
+    page = _page("asced", records, tmp_path)
+    rows = [ln for ln in (RESULTS / "asced.md").read_text().splitlines() if ln.startswith("| original |") or ln.startswith("| asced |")]
+    assert len(rows) >= 4 and all(row in page for row in rows)  # generation-quality and digits tables, number for number
+    assert "Paper (Table 2, hand-picked 100 + 100 images at 256x256): ASCED 56.7-70.3 % image-level accuracy." in page
+    assert "step-001000 85.8 % (n = 500)" in page
+    assert "needs the samples of the original cells" in page  # said, not silently dropped
+    for fig in ("asced_phases_shapes.png", "asced_phases_digits.png", "asced_tc_sweep.png"):
+        assert (tmp_path / "results" / "figures" / fig).is_file()
+
+
+def test_compose_page_regenerated_from_its_committed_json(tmp_path, capsys):
+    """``onmanifold bench compose --import-results docs/results/compose.json`` into a scratch results dir: same tables."""
+    res = tmp_path / "results"
+    assert main(["bench", "compose", "--import-results", str(RESULTS / "compose.json"), "--run-dir", str(tmp_path / "run"),
+                 "--results-dir", str(res), "--no-progress"]) == 0
+    assert "imported 16 finished cells" in capsys.readouterr().out
+    for name in ("compose.md",):
+        committed = [ln for ln in (RESULTS / name).read_text().splitlines() if ln.startswith("|")]
+        assert committed and [ln for ln in (res / name).read_text().splitlines() if ln.startswith("|")] == committed
+    assert json.loads((res / "compose.json").read_text())["records"][0]["metrics"] == \
+        json.loads((RESULTS / "compose.json").read_text())["records"][0]["metrics"]
+
+
+@pytest.mark.parametrize("suite", ["models", "dsg", "tag", "asced", "compose"])
+def test_committed_summary_imports_every_record(tmp_path, suite):
+    """Committed summaries predate checksums and input lists: every record still imports (as a legacy record)."""
+    from onmanifold_bench import SUITES
+    from onmanifold_bench.runner import finished_keys, import_records
+
+    s = SUITES()[suite](False, tmp_path)
+    written, kept, dropped, _ = import_records(s, tmp_path, RESULTS / f"{suite}.json")
+    n = len(json.loads((RESULTS / f"{suite}.json").read_text())["records"])
+    if suite == "models":  # the speed cell's identity holds the machine's thread count
+        assert written + len(dropped) == n
+    else:
+        assert (written, kept, dropped) == (n, 0, []) and len(finished_keys(s, tmp_path)) == n
