@@ -72,10 +72,34 @@ What a plugin may not do:
 One step, in the notation of Song et al. (DDIM, ICLR 2021), with ``a_t = abar_t``:
 
     eps     = model(x_t, t, cond)
-    x0_hat  = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)          clamped to the data range if clamp_x0
-    eps_hat = (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t)        (= eps without clamping)
+    x0_hat  = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)          clipped if clamp_x0 (below)
+    eps_hat = (x_t - sqrt(a_t) x0_hat) / sqrt(1 - a_t)        (= eps without clipping, or with clipped_model_output=False)
     mu      = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat
     x_prev  = mu + sigma_t z,   z ~ N(0, I) drawn once per step (only when sigma_t > 0)
+
+``a_prev`` is ``abar`` of the step's ``t_prev`` (the next timestep of the list by default;
+``previous_timesteps="stride"`` reproduces diffusers' ``DDIMScheduler``), and after the last step the
+schedule's ``final_alpha_cumprod`` (1, or ``abar_0`` with diffusers' ``set_alpha_to_one=False``).
+
+Clipping ``x0_hat`` (``clamp_x0``): to ``data_range``, or, with ``dynamic_thresholding=(p, s_max)``,
+Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3; diffusers' ``thresholding``): per sample
+``s = clamp(quantile_p(|x0_hat|), 1, s_max)`` and ``x0_hat <- clamp(x0_hat, -s, s) / s``. The clipped
+``x0_hat`` then gives ``eps_hat`` (``clipped_model_output=True``, the default: diffusers'
+``use_clipped_model_output=True``, and the only choice for which eta = 1 on the full grid is DDPM's
+posterior mean); ``clipped_model_output=False`` keeps the network's ``eps`` in the mean (diffusers'
+default ``use_clipped_model_output=False``).
+
+Zero terminal SNR: at a step with ``a_t = 0`` (``t = T - 1`` of a rescaled schedule, see
+:mod:`onmanifold.schedule`) ``eps = x_t`` carries no information on ``x0``; the loop takes ``x0_hat``
+from the model's own x0 (a v- or x0-predicting :class:`~onmanifold.model.DiffusersUNetEpsModel`,
+``full_prediction``) and ``eps_hat = x_t``, so the step stays finite.
+
+Learned variance (``variance="learned_range"``, eta = 1; Nichol & Dhariwal, "Improved Denoising
+Diffusion Probabilistic Models", ICML 2021, eq. 15): the network's extra channels ``v`` in [-1, 1] set
+the step's noise, ``log sigma_t^2 = f log beta_t + (1 - f) log beta~_t`` with ``f = (v + 1) / 2``,
+``beta_t = 1 - a_t / a_prev`` and ``beta~_t = (1 - a_prev) / (1 - a_t) beta_t`` (any respaced grid, as
+guided-diffusion); the mean stays the posterior mean (eta = 1). The per-element std is
+:attr:`StepState.noise_std`.
 
 Randomness: with ``seed=`` every sample ``i`` owns a generator,
 :func:`onmanifold.random.generator_for` ``(seed, i, "trajectory")``; ``x_T`` and each step's ``z``
@@ -170,11 +194,20 @@ class StepState:
     t_batch: torch.Tensor | None = None  # per-sample times of the model call (time-shift); None: every sample at ``t``
     abar_t_batch: torch.Tensor | None = None  # (B, 1, ...) abar of ``t_batch``, set with it
     x_entering: torch.Tensor | None = None  # x_t after the ``perturb`` point, before any ``before_model`` move (set by the loop)
+    variance_output: torch.Tensor | None = None  # the network's learned-variance channels v in [-1, 1] (variance="learned_range")
     _cache: dict = field(default_factory=dict, repr=False)  # private: this step's loss gradients
 
     @property
     def sigma(self) -> float:
         return self.coeffs.sigma
+
+    @property
+    def noise_std(self) -> float | torch.Tensor:
+        """The std of the step's noise: ``sigma`` (a float), or per element from the learned variance
+        (:meth:`DDIMSampler.learned_range_std`) when the sampler has ``variance="learned_range"``."""
+        if self.variance_output is None:
+            return self.coeffs.sigma
+        return self.sampler.learned_range_std(self.variance_output, self.coeffs)
 
     @property
     def batch_size(self) -> int:
@@ -456,6 +489,17 @@ class DDIMSampler:
             clamping is a property of the model's data, not a default a latent run inherits.
         data_range: the data range, default ``(-1, 1)``; None: the data has no range (no clamping).
         timesteps: explicit descending training indices (overrides ``num_steps``/``spacing``).
+        clipped_model_output: with clipping, derive ``eps_hat`` from the clipped ``x0_hat`` (True, the
+            default and the historical behaviour; diffusers' ``use_clipped_model_output=True``) or keep
+            the network's ``eps`` (False; diffusers' ``DDIMScheduler.step`` default).
+        dynamic_thresholding: ``(ratio, max_value)``: clip ``x0_hat`` by Imagen's dynamic thresholding
+            instead of clamping to ``data_range`` (module docstring; diffusers' ``thresholding`` with
+            ``dynamic_thresholding_ratio`` and ``sample_max_value``); needs clipping on.
+        previous_timesteps: ``t_prev`` of each step: ``"next"`` (the next timestep of the list, -1 after
+            the last), ``"stride"`` (``t - T // N``, diffusers' ``DDIMScheduler.step``:
+            :meth:`NoiseSchedule.previous_timesteps`) or an explicit list of ``N`` indices (-1: the end).
+        variance: ``"fixed_small"`` (``sigma_t`` from eta) or ``"learned_range"`` (the model's learned
+            variance, eta = 1 only; module docstring).
         micro_batch: if set, the model is evaluated in micro-batches of exactly this size
             (:class:`~onmanifold.model.FixedMicroBatch`), so samples are bit-identical whatever the
             batch size; without it the noise is identical per sample and the network's arithmetic may
@@ -472,6 +516,10 @@ class DDIMSampler:
         data_range: tuple[float, float] | None = (-1.0, 1.0),
         timesteps: Sequence[int] | None = None,
         micro_batch: int | None = None,
+        clipped_model_output: bool = True,
+        dynamic_thresholding: tuple[float, float] | None = None,
+        previous_timesteps: str | Sequence[int] = "next",
+        variance: str = "fixed_small",
     ) -> None:
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"schedule: expected a NoiseSchedule, got {type(schedule).__name__}")
@@ -481,12 +529,30 @@ class DDIMSampler:
                              f"1 - abar_prev, no valid DDIM variance), got {eta!r}")
         if data_range is not None and data_range[0] >= data_range[1]:
             raise ValueError(f"data_range: expected (low, high) with low < high, got {data_range}")
-        if clamp_x0 and data_range is None:
+        if clamp_x0 and data_range is None and dynamic_thresholding is None:
             raise ValueError("clamp_x0: True needs a data_range to clamp to, got data_range=None")
+        if not isinstance(clipped_model_output, bool):
+            raise ValueError(f"clipped_model_output: expected True or False, got {clipped_model_output!r}")
+        if dynamic_thresholding is not None:
+            ok = isinstance(dynamic_thresholding, (tuple, list)) and len(dynamic_thresholding) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in dynamic_thresholding)
+            if not ok or not (0 < dynamic_thresholding[0] <= 1) or dynamic_thresholding[1] < 1:
+                raise ValueError(f"dynamic_thresholding: expected (ratio, max_value) with ratio in (0, 1] and max_value >= 1, got {dynamic_thresholding!r}")
+            if clamp_x0 is False:
+                raise ValueError("dynamic_thresholding: clips x0_hat, so it needs clamp_x0 on (True or unset), got clamp_x0=False")
+            dynamic_thresholding = (float(dynamic_thresholding[0]), float(dynamic_thresholding[1]))
+        if variance not in ("fixed_small", "learned_range"):
+            raise ValueError(f"variance: expected 'fixed_small' or 'learned_range', got {variance!r}")
+        if variance == "learned_range" and eta != 1:
+            raise ValueError(f"variance: 'learned_range' is the ancestral (DDPM) step's learned variance around the posterior mean, "
+                             f"which needs eta = 1, got eta={eta!r}")
         self.schedule = schedule
         self.eta = float(eta)
-        self._clamp_requested = clamp_x0
-        self.clamp_x0 = (data_range is not None) if clamp_x0 is None else bool(clamp_x0)
+        self._clamp_requested = True if dynamic_thresholding is not None and clamp_x0 is None else clamp_x0
+        self.clamp_x0 = (data_range is not None or dynamic_thresholding is not None) if clamp_x0 is None else bool(clamp_x0)
+        self.clipped_model_output = clipped_model_output
+        self.dynamic_thresholding = dynamic_thresholding
+        self.variance = variance
         self.data_range = None if data_range is None else (float(data_range[0]), float(data_range[1]))
         if timesteps is None:
             self.timesteps = schedule.timesteps(num_steps, spacing)
@@ -497,6 +563,13 @@ class DDIMSampler:
             self.timesteps = ts
         self.spacing = spacing
         self.num_steps = len(self.timesteps)
+        if isinstance(previous_timesteps, str):
+            self.previous_timesteps = schedule.previous_timesteps(self.timesteps, previous_timesteps)
+        else:
+            prev = [int(t) for t in previous_timesteps]
+            if len(prev) != self.num_steps or any(not -1 <= p < t for p, t in zip(prev, self.timesteps)):
+                raise ValueError(f"previous_timesteps: expected {self.num_steps} training indices, each in [-1, t) of its step, got {prev}")
+            self.previous_timesteps = prev
         if micro_batch is not None and (not isinstance(micro_batch, int) or micro_batch < 1):
             raise ValueError(f"micro_batch: expected a positive integer or None, got {micro_batch!r}")
         self.micro_batch = micro_batch
@@ -504,7 +577,8 @@ class DDIMSampler:
     def without_clamping(self) -> "DDIMSampler":
         """The same sampler (schedule, timesteps, eta, micro-batching) for data without a range: ``x0_hat`` never clamped."""
         return DDIMSampler(self.schedule, eta=self.eta, spacing=self.spacing, clamp_x0=False, data_range=None,
-                           timesteps=self.timesteps, micro_batch=self.micro_batch)
+                           timesteps=self.timesteps, micro_batch=self.micro_batch, clipped_model_output=self.clipped_model_output,
+                           previous_timesteps=self.previous_timesteps, variance=self.variance)
 
     @property
     def stochastic(self) -> bool:
@@ -514,16 +588,43 @@ class DDIMSampler:
     def coefficients(self, position: int, t: int | None = None) -> StepCoefficients:
         """Coefficients of loop position ``position`` (optionally with a replaced current time ``t``)."""
         t_cur = self.timesteps[position] if t is None else int(t)
-        t_prev = self.timesteps[position + 1] if position + 1 < self.num_steps else -1
-        return self.schedule.step_coefficients(t_cur, t_prev, self.eta)
+        return self.schedule.step_coefficients(t_cur, self.previous_timesteps[position], self.eta)
 
     # ------------------------------------------------------------------ the step algebra (formulas in the module docstring)
     def x0_from_eps(self, x_t: torch.Tensor, eps: torch.Tensor, abar_t: float | torch.Tensor, clamp: bool | None = None) -> torch.Tensor:
-        """``x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a)``, clamped to ``data_range`` if ``clamp`` (default: ``clamp_x0``)."""
+        """``x0_hat = (x_t - sqrt(1 - a) eps) / sqrt(a)``, clipped (:meth:`clip_x0`) if ``clamp`` (default: ``clamp_x0``)."""
         x0 = (x_t - _sqrt(1 - abar_t) * eps) / _sqrt(abar_t)
         if self.clamp_x0 if clamp is None else clamp:
-            x0 = x0.clamp(*self.data_range)
+            x0 = self.clip_x0(x0)
         return x0
+
+    def clip_x0(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clip ``x0_hat``: clamp to ``data_range``, or dynamic thresholding (module docstring).
+
+        Thresholding: per sample ``s = clamp(quantile_ratio(|x0|), 1, max_value)`` over all its elements
+        (float32 at least), then ``clamp(x0, -s, s) / s``, as diffusers' ``_threshold_sample``.
+        """
+        if self.dynamic_thresholding is None:
+            return x0.clamp(*self.data_range)
+        ratio, max_value = self.dynamic_thresholding
+        flat = x0.reshape(x0.shape[0], -1)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value).unsqueeze(1)
+        return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+    def learned_range_std(self, v: torch.Tensor, c: StepCoefficients) -> torch.Tensor:
+        """The step's noise std from the learned-variance channels ``v`` in [-1, 1] (guided-diffusion's ``learned_range``):
+
+            log sigma^2 = f log beta_t + (1 - f) log beta~_t,   f = (v + 1) / 2,
+            beta_t = 1 - a_t / a_prev,   beta~_t = max((1 - a_prev) / (1 - a_t) beta_t, 1e-20)
+
+        (Nichol & Dhariwal 2021, eq. 15; ``beta~`` floored as diffusers' ``DDPMScheduler``).
+        """
+        beta = 1.0 - c.abar_t / c.abar_prev
+        beta_tilde = max((1.0 - c.abar_prev) / (1.0 - c.abar_t) * beta, 1e-20)
+        frac = (v + 1) / 2
+        return torch.exp(0.5 * (frac * math.log(beta) + (1 - frac) * math.log(beta_tilde)))
 
     @staticmethod
     def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: float | torch.Tensor) -> torch.Tensor:
@@ -541,11 +642,12 @@ class DDIMSampler:
         """``(x0_hat, eps_hat, mu)`` of the step from the network's ``eps`` (formulas in the module docstring).
 
         ``abar_t`` (a float or ``(B, 1, ...)``) replaces ``c.abar_t`` (time-shifted model calls). With
-        clamping ``eps_hat`` is re-derived from the clamped ``x0_hat``; without it ``eps_hat = eps``.
+        clipping ``eps_hat`` is re-derived from the clipped ``x0_hat`` (unless ``clipped_model_output``
+        is False); without it ``eps_hat = eps``.
         """
         a = c.abar_t if abar_t is None else abar_t
         x0 = self.x0_from_eps(x_t, eps, a)
-        eps_hat = self.eps_from_x0(x_t, x0, a) if self.clamp_x0 else eps
+        eps_hat = self.eps_from_x0(x_t, x0, a) if self.clamp_x0 and self.clipped_model_output else eps
         return x0, eps_hat, self.step_mean(x0, eps_hat, c)
 
     def mean_from_x0(
@@ -618,6 +720,7 @@ class DDIMSampler:
             raise ValueError("batch_size: chunking needs per-sample seeding (seed=), not a single generator")
         if seed is None and generator is None:
             seed = 0
+        self._check_model_outputs(model)
         if self.micro_batch is not None:
             from .model import FixedMicroBatch
 
@@ -650,12 +753,45 @@ class DDIMSampler:
             bar.close()
         return torch.cat(outs)
 
+    def _check_model_outputs(self, model: Callable) -> None:
+        """Refuse, before any work, a model that cannot give what the run needs beyond ``eps``: the learned
+        variance (``variance="learned_range"``) or ``x0`` at a step with ``abar_t = 0`` (zero terminal SNR)."""
+        if self.variance == "learned_range" and not (getattr(model, "learned_variance", False) and hasattr(model, "full_prediction")):
+            raise ValueError(f"variance: 'learned_range' needs a model that predicts its variance (a diffusers UNet with out_channels = "
+                             f"2 * in_channels as DiffusersUNetEpsModel), got {type(model).__name__}")
+        at_zero = [t for t in self.timesteps if self.schedule.alphas_cumprod[t] == 0.0]
+        if at_zero and (getattr(model, "prediction_type", "epsilon") == "epsilon" or not hasattr(model, "full_prediction")):
+            raise ValueError(f"timesteps: step t = {at_zero[0]} has abar_t = 0 (zero terminal SNR), where eps = x_t says nothing about "
+                             f"x0_hat; the model must predict v or x0 (a DiffusersUNetEpsModel with prediction_type v_prediction or "
+                             f"sample), got {type(model).__name__} predicting {getattr(model, 'prediction_type', 'epsilon')}")
+
+    def _model_call(self, model: Callable, state: StepState, x: torch.Tensor, cond: Any) -> None:
+        """The step's network call: ``eps`` and ``(x0_hat, eps_hat, mu)`` (module docstring).
+
+        At ``abar_t = 0`` ``x0_hat`` is the model's own x0 (clipped like any ``x0_hat``) and with
+        ``variance="learned_range"`` the learned-variance channels go to ``state.variance_output``;
+        both come from the same one call (``model.full_prediction``).
+        """
+        at_zero = state.t_batch is None and state.coeffs.abar_t == 0.0
+        if self.variance != "learned_range" and not at_zero:
+            state.eps = model(x, state.model_t(), cond)
+            state.x0_hat, state.eps_hat, state.mu = state.predict(x, eps=state.eps)
+            return
+        out = model.full_prediction(x, state.model_t(), cond)
+        state.eps = out.eps
+        if self.variance == "learned_range":
+            state.variance_output = out.variance.detach()
+        if at_zero:
+            state.x0_hat, state.eps_hat, state.mu = state.predict(x, x0=self.clip_x0(out.x0) if self.clamp_x0 else out.x0)
+        else:
+            state.x0_hat, state.eps_hat, state.mu = state.predict(x, eps=state.eps)
+
     def _run(self, model, x, rng, indices, rows, plugins, cond, callback, bar) -> torch.Tensor:
         with torch.no_grad():
             for pos, t in enumerate(self.timesteps):
                 state = StepState(
                     sampler=self, model=model, position=pos, index=self.num_steps - 1 - pos, num_steps=self.num_steps,
-                    t=t, t_prev=self.timesteps[pos + 1] if pos + 1 < self.num_steps else -1,
+                    t=t, t_prev=self.previous_timesteps[pos],
                     coeffs=self.coefficients(pos), x_t=x, cond=cond, sample_indices=indices, rows=rows, rng=rng,
                 )
                 for p in plugins:
@@ -668,11 +804,9 @@ class DDIMSampler:
                 if any(p.needs_grad(state) for p in plugins):
                     with torch.enable_grad():
                         state.x_t_graph = state.x_t.detach().requires_grad_(True)
-                        state.eps = model(state.x_t_graph, state.model_t(), cond)
-                        state.x0_hat, state.eps_hat, state.mu = state.predict(state.x_t_graph, eps=state.eps)
+                        self._model_call(model, state, state.x_t_graph, cond)
                 else:
-                    state.eps = model(state.x_t, state.model_t(), cond)
-                    state.x0_hat, state.eps_hat, state.mu = state.predict(state.x_t, eps=state.eps)
+                    self._model_call(model, state, state.x_t, cond)
                 if not torch.isfinite(state.eps).all():
                     raise FloatingPointError(
                         f"model returned NaN/Inf at step {pos} of {self.num_steps} (t={state.t}) for samples {_bad(state.eps, indices)}"
@@ -681,7 +815,7 @@ class DDIMSampler:
                     p.after_model(state)
                 if state.sigma > 0:
                     state.noise = rng.randn(x.shape[1:], dtype=x.dtype)
-                    state.x_prev = state.mu + state.sigma * state.noise
+                    state.x_prev = state.mu + state.noise_std * state.noise
                 else:
                     state.x_prev = state.mu
                 for p in plugins:
@@ -711,6 +845,7 @@ def sample(model: Callable, schedule: NoiseSchedule, x_T: torch.Tensor | None = 
     and sampling options (``shape``, ``num_samples``, ``seed``, ``generator``, ``cond``, ...) are
     taken from ``kwargs``.
     """
-    sampler_keys = {"num_steps", "eta", "spacing", "clamp_x0", "data_range", "timesteps", "micro_batch"}
+    sampler_keys = {"num_steps", "eta", "spacing", "clamp_x0", "data_range", "timesteps", "micro_batch", "clipped_model_output",
+                    "dynamic_thresholding", "previous_timesteps", "variance"}
     s_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in sampler_keys}
     return DDIMSampler(schedule, **s_kwargs).sample(model, x_T, plugins=plugins, **kwargs)

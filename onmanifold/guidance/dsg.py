@@ -111,4 +111,5 @@ class SphericalGaussianGuidance(SamplerPlugin):
         if not self.is_guided(state):
             return
         g, _ = state.loss_gradient(self.loss)
-        state.x_prev = dsg_update(state.mu.detach(), state.sigma, state.noise, g, self.guidance_rate)
+        # noise_std: sigma_t, or the per-element std of a learned variance (radius r_b = ||sigma_b||)
+        state.x_prev = dsg_update(state.mu.detach(), state.noise_std, state.noise, g, self.guidance_rate)

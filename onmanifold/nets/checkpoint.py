@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +96,20 @@ def read_json_object(path: Path) -> dict:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file, or a PyTorch ``.bin`` state dict (``torch.load(weights_only=True)``: tensors only)."""
     from safetensors.torch import load_file
 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path.parent)!r}: missing weights file {path.name}")
     try:
-        state = load_file(str(path))
-    except Exception as e:  # safetensors raises several types on a truncated or garbled file
-        raise CheckpointError(f"checkpoint {str(path.parent)!r}: cannot read {path.name}, the file is corrupt ({e})") from e
+        if path.suffix == ".bin":
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+                raise ValueError("not a state dict of named tensors")
+        else:
+            state = load_file(str(path))
+    except Exception as e:  # safetensors and torch.load raise several types on a truncated or garbled file
+        raise CheckpointError(f"checkpoint {str(path.parent)!r}: cannot read {path.name}, the file is corrupt ({str(e)[:200]})") from e
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"checkpoint {str(path.parent)!r}: weights {bad[:3]} contain NaN or Inf")
@@ -170,16 +177,19 @@ def save_network(model: nn.Module, folder: str | os.PathLike, meta: dict | None 
     return folder
 
 
-def load_network(name_or_path: str | os.PathLike) -> nn.Module:
+def load_network(name_or_path: str | os.PathLike, variant: str | None = None) -> nn.Module:
     """Load a bundled network by name or from a folder, in eval mode with gradients off for its weights.
 
+    ``variant`` selects diffusers' weight variant of a UNet (``"fp16"``: ``diffusion_pytorch_model.fp16.*``).
     Raises :class:`CheckpointError` if the folder is missing, incomplete or corrupt.
     """
     folder = resolve_checkpoint(name_or_path)
     if (folder / "unet").is_dir() or (folder / "model_index.json").is_file():
-        return load_unet(folder)
-    if (folder / "diffusion_pytorch_model.safetensors").is_file():  # a bare UNet folder
-        return load_unet(folder)
+        return load_unet(folder, variant)
+    if any(folder.glob(UNET_WEIGHTS_NAME + "*")):  # a bare UNet folder (any weight form)
+        return load_unet(folder, variant)
+    if variant is not None:
+        raise CheckpointError(f"checkpoint {str(folder)!r}: variant={variant!r} applies to diffusers UNet weights; this folder holds another network")
     config = read_json_object(folder / "config.json")
     cls = _network_classes().get(config.get("class"))
     if cls is None:
@@ -189,8 +199,61 @@ def load_network(name_or_path: str | os.PathLike) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def load_unet(folder: Path) -> nn.Module:
-    """A diffusers ``UNet2DModel`` from a pipeline folder (``unet/``) or a bare model folder."""
+UNET_WEIGHTS_NAME = "diffusion_pytorch_model"
+_VARIANT_FILE = re.compile(r"^diffusion_pytorch_model\.(\w+)(?:-\d+-of-\d+)?\.(?:safetensors|bin)$")  # .fp16.safetensors, .fp16-00001-of-00002.bin
+_VARIANT_INDEX = re.compile(r"^diffusion_pytorch_model\.(?:safetensors|bin)\.index\.(\w+)\.json$")  # .safetensors.index.fp16.json
+
+
+def read_unet_weights(sub: Path, variant: str | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of a diffusers model folder, in any of the forms ``save_pretrained`` writes.
+
+    In this order: ``diffusion_pytorch_model[.variant].safetensors``, ``...bin``, then the sharded forms
+    (``diffusion_pytorch_model.safetensors.index[.variant].json`` or ``.bin.index[.variant].json`` with
+    their shards, which must lie in the folder). Nothing is downloaded. A folder whose only weights are
+    of another variant gets a :class:`CheckpointError` naming the variants it has.
+    """
+    sub = Path(sub)
+    if variant is not None and (not isinstance(variant, str) or not variant or not variant.replace("_", "").isalnum()):
+        raise ValueError(f"variant: expected a weight variant name such as 'fp16', got {variant!r}")
+    v = f".{variant}" if variant else ""
+    for name in (f"{UNET_WEIGHTS_NAME}{v}.safetensors", f"{UNET_WEIGHTS_NAME}{v}.bin"):
+        if (sub / name).is_file():
+            return _read_weights(sub / name)
+    for name in (f"{UNET_WEIGHTS_NAME}.safetensors.index{v}.json", f"{UNET_WEIGHTS_NAME}.bin.index{v}.json"):
+        if (sub / name).is_file():
+            return _read_sharded_weights(sub / name)
+    present = sorted(p.name for p in sub.glob(UNET_WEIGHTS_NAME + "*"))
+    variants = sorted({m.group(1) for n in present for m in [_VARIANT_FILE.match(n) or _VARIANT_INDEX.match(n)]
+                       if m and m.group(1) not in ("safetensors", "bin")})
+    wanted = f"{UNET_WEIGHTS_NAME}{v}.safetensors (or .bin, or a sharded .index{v}.json)"
+    if variants and not variant:
+        raise CheckpointError(f"checkpoint {str(sub)!r}: no {wanted}; the folder holds the weight variant(s) {', '.join(variants)}: "
+                              f"pass variant={variants[0]!r}")
+    if variant:
+        have = f"the weight variant(s) {', '.join(variants)}" if variants else "no variant weights"
+        raise CheckpointError(f"checkpoint {str(sub)!r}: no weights of variant {variant!r} ({wanted}); the folder holds {have}")
+    raise CheckpointError(f"checkpoint {str(sub)!r}: missing weights file {wanted}")
+
+
+def _read_sharded_weights(index_path: Path) -> dict[str, torch.Tensor]:
+    """The shards listed by a diffusers ``*.index.json`` (``weight_map``: tensor name -> shard file), merged and checked."""
+    index = read_json_object(index_path)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(isinstance(k, str) and isinstance(f, str) for k, f in weight_map.items()):
+        raise CheckpointError(f"checkpoint {str(index_path.parent)!r}: {index_path.name} has no 'weight_map' of tensor names to shard files")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard:
+            raise CheckpointError(f"checkpoint {str(index_path.parent)!r}: {index_path.name} names shard {shard!r} outside the folder")
+        state.update(_read_weights(index_path.parent / shard))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise CheckpointError(f"checkpoint {str(index_path.parent)!r}: {index_path.name} lists tensors {missing[:3]} that no shard holds")
+    return state
+
+
+def load_unet(folder: Path, variant: str | None = None) -> nn.Module:
+    """A diffusers ``UNet2DModel`` from a pipeline folder (``unet/``) or a bare model folder (weights: :func:`read_unet_weights`)."""
     from diffusers import UNet2DModel
 
     sub = folder / "unet" if (folder / "unet").is_dir() else folder
@@ -202,7 +265,7 @@ def load_unet(folder: Path) -> nn.Module:
         values = v if key == "sample_size" and isinstance(v, list) and len(v) == 2 else [v]
         if any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in values):
             raise CheckpointError(f"checkpoint {str(sub)!r}: config.json needs a positive integer {key!r}, got {v!r}")
-    state = _read_weights(sub / "diffusion_pytorch_model.safetensors")
+    state = read_unet_weights(sub, variant)
     try:  # a dict (validated above): from_config builds the network locally, it never looks a name up on the network
         model = UNet2DModel.from_config(config)
     except Exception as e:
