@@ -270,8 +270,25 @@ def load_unet(folder: Path, variant: str | None = None) -> nn.Module:
         model = UNet2DModel.from_config(config)
     except Exception as e:
         raise CheckpointError(f"checkpoint {str(sub)!r}: config.json does not describe a UNet2DModel ({e})") from e
-    _load_state(model, state, sub)
+    _load_state(model, _renamed_legacy_attention(model, state), sub)
     return model.eval().requires_grad_(False)
+
+
+_LEGACY_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def _renamed_legacy_attention(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of the attention blocks of diffusers before 0.15 (``query``/``key``/``value``/``proj_attn``, e.g.
+    the google/ddpm-* checkpoints) under today's names (``to_q``/``to_k``/``to_v``/``to_out.0``); other keys as they are."""
+    legacy = {name for name, m in model.named_modules() if getattr(m, "_from_deprecated_attn_block", False)}
+    if not legacy:
+        return state
+    out = {}
+    for key, value in state.items():
+        block, _, rest = key.rpartition(".")  # e.g. down_blocks.1.attentions.0.query . weight
+        path, _, leaf = block.rpartition(".")
+        out[f"{path}.{_LEGACY_ATTENTION_NAMES[leaf]}.{rest}" if path in legacy and leaf in _LEGACY_ATTENTION_NAMES else key] = value
+    return out
 
 
 def _load_state(model: nn.Module, state: dict, folder: Path) -> None:

@@ -29,9 +29,9 @@ def no_network(monkeypatch):
 
 def tiny_unet(sample_size=8, channels=3, out_channels=None, **kw) -> UNet2DModel:
     torch.manual_seed(0)
+    kw = {"down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D"), **kw}
     net = UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=out_channels or channels, layers_per_block=1,
-                      block_out_channels=(8, 16), norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                      up_block_types=("UpBlock2D", "UpBlock2D"), **kw).eval()
+                      block_out_channels=(8, 16), norm_num_groups=4, **kw).eval()
     with torch.no_grad():  # move the zero-initialised output layer so the output is not trivially 0
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -98,6 +98,21 @@ def test_fp16_variant(tmp_path, sharded):
         load_diffusion_model(tmp_path / "pipe")
     with pytest.raises(CheckpointError, match="no weights of variant 'bf16'.*holds the weight variant"):
         load_diffusion_model(tmp_path / "pipe", variant="bf16")
+
+
+def test_legacy_attention_names(tmp_path):
+    """diffusers < 0.15 named attention weights query/key/value/proj_attn (the google/ddpm-* checkpoints, .bin): they load."""
+    net = tiny_unet(down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    DDPMPipeline(net, scheduler()).save_pretrained(tmp_path / "pipe", safe_serialization=False)
+    old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    state = {}
+    for k, v in net.state_dict().items():
+        for new_name, old_name in old.items():
+            k = k.replace(f".attentions.0.{new_name}.", f".attentions.0.{old_name}.").replace(f".attentions.1.{new_name}.", f".attentions.1.{old_name}.")
+        state[k] = v
+    assert any(".query." in k for k in state) and any(".proj_attn." in k for k in state)
+    torch.save(state, tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.bin")
+    check_loads_as(load_diffusion_model(tmp_path / "pipe"), net, (3, 8, 8))
 
 
 def test_non_square_sample_size(tmp_path):

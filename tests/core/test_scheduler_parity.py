@@ -124,6 +124,18 @@ def test_sampler_matches_ddim_scheduler(case, eta, clipped):
     assert_same(ours, theirs)
 
 
+@pytest.mark.parametrize("spacing,num_steps", [("trailing", 30), ("linspace", 7)])
+def test_stride_rule_reproduces_ddim_scheduler_where_it_skips(spacing, num_steps):
+    """Where diffusers' t - T // N is not the next timestep, previous_timesteps="stride" still gives DDIMScheduler's trajectory."""
+    config = DDIMScheduler(timestep_spacing=spacing).config
+    loaded, net = loaded_for(config)
+    sampler = loaded.sampler(num_steps, 0.5, previous_timesteps="stride")
+    assert sampler.previous_timesteps != sampler.timesteps[1:] + [-1]
+    x_T = x_start()
+    ours, noises = ours_and_noise(sampler, loaded, x_T)
+    assert_same(ours, diffusers_ddim(config, net, x_T, num_steps, 0.5, True, noises)[0])
+
+
 def test_zero_snr_at_eta_one_stays_finite():
     """At eta = 1 the first step from abar = 0 has sigma^2 = 1 - abar_prev: diffusers' sqrt(1 - abar_prev - sigma^2) may go
     NaN by rounding; ours is clamped at 0 and x0_hat comes from the v prediction."""
