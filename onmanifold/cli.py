@@ -126,21 +126,51 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 ancestral (DDPM when steps = T)")
     sp.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"], help="timestep respacing")
     sp.add_argument("--seed", type=int, default=0, help="base seed; sample i uses its own generator seeded by (seed, i)")
-    sp.add_argument("--batch-size", type=int, default=256, help="samples per network call (does not change the samples)")
-    sp.add_argument("--micro-batch", type=int, default=16,
-                    help="evaluate the network in micro-batches of exactly this size, so samples are bit-identical whatever --batch-size (0: off, faster)")
+    sp.add_argument("--batch-size", type=int, default=256, help="samples per network call (does not change the noise of a sample)")
+    sp.add_argument("--micro-batch", type=int, default=0,
+                    help="0: off (each batch goes to the network as it is). N: evaluate the network in micro-batches of exactly N rows "
+                         "(the last one padded), so samples are bit-identical whatever --batch-size; costs up to N - 1 padded rows per call")
     sp.add_argument("--no-clamp", action="store_true", help="do not clamp x0_hat to [-1, 1] (images only)")
-    sp.add_argument("--method", default="none", choices=["none", "dps", "dsg"], help="loss guidance: none, DPS (zeta * gradient) or DSG (spherical Gaussian constraint)")
+    sp.add_argument("--method", default="none", metavar="M[,M...]",
+                    help="none, or a comma-separated combination of dps, dsg (loss guidance, one of them), tag (Temporal Alignment Guidance) "
+                         "and asced (artifact detection and correction), e.g. dsg,tag,asced; built in the order the loop needs "
+                         "(asced, tag, then dsg/dps) whatever the order given")
     sp.add_argument("--task", default=None, choices=["box", "random", "sr", "blur", "label"],
-                    help="inverse problem (box/random inpainting, super-resolution, Gaussian blur) or label guidance; needed with --method dps/dsg")
-    sp.add_argument("--images", default=None, help="a .pt tensor (N, C, H, W) of ground-truth images to measure (default: the bed's held-out images)")
-    sp.add_argument("--sigma-y", type=float, default=None, help="measurement tasks: std of the Gaussian measurement noise (default: 0.05)")
+                    help="a bundled bed's inverse problem (box/random inpainting, super-resolution, Gaussian blur, at the bed's size) "
+                         "or label guidance; with --method dps/dsg, instead of --operator")
+    sp.add_argument("--operator", default=None, metavar="OP",
+                    help="your own measurement operator at the model's size: inpaint (with --mask), sr:FACTOR (average pooling) or "
+                         "blur:SIGMA,SIZE (Gaussian kernel, odd SIZE); with --method dps/dsg and --measurement or --images")
+    sp.add_argument("--mask", default=None, metavar="FILE",
+                    help="--operator inpaint: a PNG (white = observed pixel), a folder of PNGs (one per image, sorted by name) or a "
+                         ".pt/.npy tensor of 0/1 (H x W for all images, or N x H x W / N x 1 x H x W); sized like the images")
+    sp.add_argument("--measurement", default=None, metavar="FILE",
+                    help="--operator: the measured y (a .pt/.npy tensor N x C x h x w, or PNGs), shaped like the operator's output")
+    sp.add_argument("--images", default=None, metavar="FILE|FOLDER",
+                    help="ground-truth images (a .pt/.npy tensor N x C x H x W in [-1, 1] or [0, 255], or PNG/JPEG files) to simulate the "
+                         "measurement from and to score PSNR/SSIM against (default with --task: the bed's held-out images)")
+    sp.add_argument("--sigma-y", type=float, default=None, help="simulated measurements: std of the Gaussian measurement noise (default: 0.05)")
     sp.add_argument("--target", type=int, default=None, help="--task label: the target class (default: sample i gets class i %% 10)")
     sp.add_argument("--zeta", type=float, default=None, help="--method dps: the step size (default: 1.0)")
     sp.add_argument("--guidance-rate", type=float, default=None, help="--method dsg: the guidance rate g_r in [0, 1] (default: 0.2)")
     sp.add_argument("--interval", type=int, default=None, help="--method dsg: guide every k-th step (default: 1)")
+    sp.add_argument("--time-predictor", default=None, metavar="FOLDER",
+                    help="--method tag: a time predictor trained for this model (`onmanifold train time-predictor --model MODEL ...`); "
+                         "default: the bundled model's own; one bound to another model is refused")
+    sp.add_argument("--omega0", type=float, default=None, help="--method tag: strength omega0 >= 0, omega_t = omega0 (1 - abar_t) (default: 1.0)")
+    sp.add_argument("--asced-k", type=float, default=None, help="--method asced: threshold multiplier k of the robust z-map (default: 3)")
+    sp.add_argument("--asced-td-frac", type=float, default=None, help="--method asced: start of the detection window as a fraction of the steps (default: 0.24)")
+    sp.add_argument("--asced-tc-frac", type=float, default=None, help="--method asced: the correction step as a fraction of the steps (default: 0.48)")
+    sp.add_argument("--asced-dilation", type=int, default=None, help="--method asced: dilation radius of the corrected region in pixels (default: round(5 H / 256))")
+    sp.add_argument("--asced-correction", default=None, choices=["ttc", "state-replacement"],
+                    help="--method asced: trajectory-aware correction (ttc, default) or the State Replacement baseline")
+    sp.add_argument("--device", default="cpu", help="where the network runs (cpu, cuda, cuda:N, mps); the loop's noise stays on CPU "
+                                                    "generators, so the seeds give the same noise on any device")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
+                    help="precision of the network's weights and calls (the sampling state stays float32)")
     sp.add_argument("--out", default="samples", help="output folder, checked before sampling (samples.pt, grid.png or scatter.png, "
-                                                  "comparison.png with a task, samples.json; replaced as one set)")
+                                                  "sample-NNNNN.png per sample, comparison.png with a measurement, asced-mask-NNNNN.png "
+                                                  "with asced, samples.json with the settings and per-sample metrics; replaced as one set)")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     # ---------------------------------------------------------------- bench
@@ -182,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--tag-samples", type=int, default=256, help="digits samples for the corrupted-process rows")
     dp.add_argument("--asced-samples", type=int, default=256, help="shapes samples for the ASCED rows")
     dp.add_argument("--compose-samples", type=int, default=64, help="shapes for the composition rows")
+    dp.add_argument("--update-readme", default=None, metavar="README",
+                    help="also write the printed table into README between its <!-- demo-table --> markers")
+    dp.add_argument("--measure-spread", action="store_true",
+                    help="instead of the demo: run its rows four times (eps x (1 +- 1e-6), 1 vs 2 threads) and write the rounding spread "
+                         "of every value to docs/results/precision.json and .md (the demo prints each value to the decimals it holds)")
     dp.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -350,6 +385,14 @@ def _dispatch(args, argv: list[str]) -> int:
         for flag in ("dsg_samples", "tag_samples", "asced_samples", "compose_samples"):
             if getattr(args, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')}: expected a positive number of samples, got {getattr(args, flag)}")
+        if args.measure_spread:
+            from onmanifold_bench.precision import measure_demo_spread
+
+            measure_demo_spread(args, command=_command_line(argv))
+            print("wrote docs/results/precision.json and precision.md")
+            return 0
+        if args.update_readme is not None and not Path(args.update_readme).is_file():
+            raise ValueError(f"--update-readme: no such file {args.update_readme!r}")
         with output_dir(args.out, "--out"):
             return run_demo(args, progress)
     raise AssertionError(args.command)

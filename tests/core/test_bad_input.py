@@ -146,8 +146,9 @@ def files(tmp_path_factory):
     nan[3, 0, 2, 2] = float("nan")
     torch.save(nan, d / "nan.pt")
     torch.save(torch.zeros(8, 1, 16, 16), d / "16x16.pt")
-    torch.save(torch.zeros(8, 1, 8, 8, dtype=torch.uint8), d / "uint8.pt")
-    torch.save(torch.full((8, 1, 8, 8), 128.0), d / "0-255.pt")
+    torch.save(torch.zeros(8, 8, 8, 1, dtype=torch.uint8), d / "uint8.pt")  # channels last
+    torch.save(torch.full((8, 1, 8, 8), 300.0), d / "0-255.pt")  # beyond [0, 255]
+    torch.save(torch.full((8, 1, 8, 8), 0.5), d / "0-1.pt")  # [0, 1]: ambiguous, refused
     torch.save(torch.zeros(2, 1, 8, 8), d / "two.pt")
     string_config = d / "string-config"
     string_config.mkdir()
@@ -162,7 +163,7 @@ def files(tmp_path_factory):
     shutil.copytree(BUNDLED_DIR / "gmm2d-mlp", list_meta)
     (list_meta / "onmanifold.json").write_text("[1, 2]")
     return {"dir": d, "file": a_file, "list": d / "list.pt", "pickled": d / "pickled.pt", "nan": d / "nan.pt", "x16": d / "16x16.pt",
-            "uint8": d / "uint8.pt", "x0_255": d / "0-255.pt", "two": d / "two.pt", "string_config": string_config, "other_T": other_T,
+            "uint8": d / "uint8.pt", "x0_255": d / "0-255.pt", "two": d / "two.pt", "x0_1": d / "0-1.pt", "string_config": string_config, "other_T": other_T,
             "list_meta": list_meta}
 
 
@@ -177,8 +178,9 @@ CLI_CASES = [
     ("images-not-a-torch-file", BOX + ["--images", "{file}"], "--images"),
     ("images-nan", BOX + ["--images", "{nan}"], "--images"),
     ("images-16x16-for-8x8", BOX + ["--images", "{x16}"], "--images"),
-    ("images-uint8", BOX + ["--images", "{uint8}"], "--images"),
-    ("images-0-255", BOX + ["--images", "{x0_255}"], "--images"),
+    ("images-channels-last", BOX + ["--images", "{uint8}"], "--images"),
+    ("images-above-255", BOX + ["--images", "{x0_255}"], "--images"),
+    ("images-in-0-1", BOX + ["--images", "{x0_1}"], "--images"),
     ("images-too-few", BOX + ["--images", "{two}"], "--images"),
     ("images-with-label-task", ["sample", "digits-unet", "--method", "dps", "--task", "label", "--images", "{two}"], "--images"),
     ("out-is-a-file", GMM_SAMPLE + ["--out", "{file}"], "--out"),

@@ -77,11 +77,11 @@ def test_module_entry_point():
 
 
 def test_sample_is_deterministic_and_independent_of_batch_size(tmp_path):
-    """The same command twice gives bit-identical samples; --batch-size 1 and 64 too (fixed micro-batches)."""
+    """The same command twice gives bit-identical samples; --batch-size 1 and 64 too with --micro-batch (fixed micro-batches)."""
     import torch
 
-    base = ["sample", "digits-unet", "-n", "64", "--steps", "5", "--eta", "1", "--seed", "7", "--no-progress"]
-    for name, bs in (("a", "64"), ("b", "64"), ("c", "1")):
+    base = ["sample", "digits-unet", "-n", "8", "--steps", "5", "--eta", "1", "--seed", "7", "--micro-batch", "4", "--no-progress"]
+    for name, bs in (("a", "8"), ("b", "8"), ("c", "1")):
         assert main(base + ["--batch-size", bs, "--out", str(tmp_path / name)]) == 0
     a, b, c = (torch.load(tmp_path / n / "samples.pt", weights_only=True) for n in "abc")
     assert torch.equal(a, b) and torch.equal(a, c)
@@ -108,9 +108,9 @@ def test_sample_outputs_form_one_set(tmp_path):
                  "--no-progress"]) == 0
     assert (tmp_path / "comparison.png").is_file()
     assert main(["sample", "digits-unet", "--steps", "3", "-n", "2", "--out", str(tmp_path), "--no-progress"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "samples.json", "samples.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "sample-00000.png", "sample-00001.png", "samples.json", "samples.pt"]
     info = read_manifest(tmp_path, "samples.json")
-    assert set(info["files"]) == {"grid.png", "samples.pt"} and info["method"] == "none"
+    assert set(info["files"]) == {"grid.png", "samples.pt", "sample-00000.png", "sample-00001.png"} and info["method"] == "none"
     from onmanifold.images import read_caption
 
     assert "The first 2 of 2 samples" in read_caption(tmp_path / "grid.png")
