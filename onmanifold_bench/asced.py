@@ -30,7 +30,6 @@ Protocol (docs/methods/asced.md#P1, sized for 2 CPU cores):
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,7 @@ from .paper_numbers import TARGETS
 from .runner import Cell, Suite, finished_records
 from .tables import format_value as _f
 from .tables import percent as _pct
-from .timing import per_sample
+from .timing import alternating, per_sample, timed
 
 __all__ = ["asced_suite", "asced_demo_rows", "TC_SWEEP", "ABLATIONS", "write_asced_report"]
 
@@ -121,9 +120,9 @@ def method_plugins(method: str, bed: str, tc_frac: float = 0.48, variant: str | 
 def run_method(loaded, bed: str, method: str, n: int, first_index: int, **kw):
     """Sample ``n`` images (seeds ``first_index ..``) with a method; returns ``(x, detector, corrector, monitor, seconds)``."""
     plugins, det, corr, monitor = method_plugins(method, bed, first_index=first_index, **kw)
-    t0 = time.perf_counter()
-    x = _sampler(loaded).sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED, first_index=first_index, plugins=plugins)
-    return x, det, corr, monitor, time.perf_counter() - t0
+    x, sec = timed(_sampler(loaded).sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED, first_index=first_index,
+                   plugins=plugins)
+    return x, det, corr, monitor, sec
 
 
 # ------------------------------------------------------------------------------------------ the suite
@@ -256,9 +255,7 @@ class _Timed:
             update_mode = plugin.update_mode  # forwards update(), so it moves x_prev as the wrapped plugin does
 
             def _t(self, name, *a):
-                t0 = time.perf_counter()
-                getattr(plugin, name)(*a)
-                outer.seconds += time.perf_counter() - t0
+                outer.seconds += timed(getattr(plugin, name), *a)[1]
 
             def setup(self, sampler):
                 self._t("setup", sampler)
@@ -287,19 +284,22 @@ def _overhead(loaded, n: int, repeats: int) -> dict:
 
     sampler = _sampler(loaded)
 
-    def once(asced: bool):
-        timed = _Timed(AbnormalScoreCorrection(*config_for("shapes"))) if asced else None
-        t0 = time.perf_counter()
-        sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED, plugins=[timed.plugin] if timed else [])
-        return time.perf_counter() - t0, (timed.seconds if timed else 0.0)
+    def once(asced: bool) -> tuple[float, float]:
+        """(wall seconds of one run, seconds inside the ASCED plugin's hooks)."""
+        wrapped = _Timed(AbnormalScoreCorrection(*config_for("shapes"))) if asced else None
+        sec = timed(sampler.sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED,
+                    plugins=[wrapped.plugin] if wrapped else [])[1]
+        return sec, (wrapped.seconds if wrapped else 0.0)
 
-    once(False), once(True)  # warm-up
-    plain, asced, inside = [], [], []
-    for _ in range(repeats):
-        plain.append(once(False)[0])
-        t, t_in = once(True)
-        asced.append(t)
-        inside.append(t_in)
+    inside: list[float] = []
+
+    def asced_run() -> float:
+        sec, sec_inside = once(True)
+        inside.append(sec_inside)
+        return sec
+
+    t = alternating({"plain": lambda: once(False)[0], "asced": asced_run}, repeats, warmup=[lambda: once(False), lambda: once(True)])
+    plain, asced = t["plain"], t["asced"]
     ratios = [a / p for a, p in zip(asced, plain)]
     return {"ratio_median": statistics.median(ratios), "ratios": ratios, "plain_s_per_image": statistics.median(plain) / n,
             "asced_s_per_image": statistics.median(asced) / n, "plugin_s_per_image": statistics.median(inside) / n,
@@ -834,6 +834,7 @@ def asced_demo_rows(n: int, seed: int) -> list[dict]:
     """``onmanifold demo``: original vs ASCED on ``n`` shapes samples, DDIM-25: GT artifact rate, flagged share, s/sample, time ratio
     (one run each: a rough ratio; the measured overhead is in ``docs/results/asced.md``)."""
     from onmanifold.artifacts import gt_artifact_mask
+
     loaded = diffusion_model("shapes-unet")
     rows = []
     t_plain = None
@@ -841,12 +842,10 @@ def asced_demo_rows(n: int, seed: int) -> list[dict]:
         plugins, det, _, _ = method_plugins(method, "shapes")
         if method == "original":
             plugins = []  # plain DDIM, no observer
-        t0 = time.perf_counter()
-        x = _sampler(loaded).sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins)
-        sec = time.perf_counter() - t0
+        x, sec = timed(_sampler(loaded).sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins)
         _, has = gt_artifact_mask(x)
         row = {"method": "DDIM-25" if method == "original" else "DDIM-25 + ASCED", "n": n, "GT artifact rate": float(has.float().mean()),
-               "s/sample": sec / n}
+               "s/sample": per_sample(sec, n)}
         if method == "original":
             t_plain = sec
             row["flagged"] = "-"
