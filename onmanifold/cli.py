@@ -52,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # ---------------------------------------------------------------- train
-    tr = sub.add_parser("train", help="train a bundled network from scratch", description="Train one of the bundled networks.", formatter_class=fmt)
+    tr = sub.add_parser("train", help="train a network on a bundled test bed or on your own images (--data)",
+                        description="Train one of the bundled networks, or a diffusion model, classifier or time predictor on your own images (--data).",
+                        formatter_class=fmt)
     trs = tr.add_subparsers(dest="what", required=True, metavar="WHAT")
     td = trs.add_parser("diffusion", help="an eps-prediction diffusion model", formatter_class=fmt,
                         description="Train the eps-prediction diffusion model of a test bed (EMA weights are saved).")
-    td.add_argument("--bed", required=True, choices=["gmm2d", "digits", "shapes", "mosaic"], help="test bed")
+    td.add_argument("--bed", default=None, choices=["gmm2d", "digits", "shapes", "mosaic"], help="test bed (or --data)")
     td.add_argument("--out", required=True, help="output folder (diffusers pipeline layout for UNets)")
     td.add_argument("--steps", type=int, default=6000, help="optimiser steps")
     td.add_argument("--batch-size", type=int, default=128, help="batch size")
@@ -69,16 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="UNet channels per resolution (default: the bed's; one value per down block)")
     tc = trs.add_parser("classifier", help="a guidance or evaluation classifier", formatter_class=fmt,
                         description="Train the guidance classifier (ConvClassifier) or the independent evaluation classifier (ResidualClassifier) of a bed.")
-    tc.add_argument("--bed", required=True, choices=["digits", "shapes"], help="test bed")
+    tc.add_argument("--bed", default=None, choices=["digits", "shapes"], help="test bed (or --data)")
     tc.add_argument("--role", required=True, choices=["guidance", "eval"], help="guidance: followed by guided sampling; eval: scores samples (FD features, accuracy)")
     tc.add_argument("--out", required=True, help="output folder")
     tc.add_argument("--steps", type=int, default=3000, help="optimiser steps")
     tc.add_argument("--batch-size", type=int, default=128, help="batch size")
     tc.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (one-cycle AdamW)")
     tc.add_argument("--seed", type=int, default=None, help="random seed (default: 1 for guidance, 2 for eval)")
+    tc.add_argument("--labels", default=None, metavar="FILE",
+                    help="--data: class labels, one per image in the data's order (sorted file names): a .pt/.npy vector of integers "
+                         "or a text file with one integer per line; not needed when the --data folder has one subfolder per class")
     tp = trs.add_parser("time-predictor", help="a time predictor p(t|x) for Temporal Alignment Guidance", formatter_class=fmt,
                         description="Train a time classifier over the T training steps of a bed's diffusion schedule (TimeCNN for images, TimeMLP for gmm2d).")
-    tp.add_argument("--bed", required=True, choices=["gmm2d", "digits", "shapes"], help="test bed")
+    tp.add_argument("--bed", default=None, choices=["gmm2d", "digits", "shapes"], help="test bed (or --data with --model)")
+    tp.add_argument("--model", default=None, metavar="FOLDER",
+                    help="--data: the diffusion model (diffusers folder, pixel or latent, or a bundled name) the predictor is for: its "
+                         "schedule, and for a latent model its VAE's latents of the images; recorded, so the predictor is refused with another model")
     tp.add_argument("--out", required=True, help="output folder")
     tp.add_argument("--condition", action="append", default=[], choices=["digit", "type", "size"],
                     help="condition on this label attribute (repeatable: --condition type --condition size for p(t|x,c1,c2))")
@@ -87,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine decay)")
     tp.add_argument("--widths", type=int, nargs=4, default=[16, 32, 64, 128], help="TimeCNN channels of the four blocks (paper: 32 64 128 256)")
     tp.add_argument("--seed", type=int, default=3, help="random seed")
+    tp.add_argument("--save-every", type=int, default=0, help="write the resumable training state every this many steps (0: never)")
+    tp.add_argument("--resume", action="store_true", help="continue from OUT/training-state.pt when it exists")
     ta = trs.add_parser("autoencoder", help="the AutoencoderKL of the latent shapes model (32x32 -> 4x8x8)", formatter_class=fmt,
                         description="Train the shapes autoencoder (reconstruction + small KL loss, EMA weights); its config records "
                                     "scaling_factor = 1/std of the latents, as Stable Diffusion does.")
@@ -113,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--seed", type=int, default=0, help="random seed")
         a.add_argument("--save-every", type=int, default=250, help="write the resumable training state every this many steps (0: never)")
         a.add_argument("--resume", action="store_true", help="continue from OUT/training-state.pt when it exists")
+    for a in (td, tc, tp):
+        a.add_argument("--data", default=None, metavar="PATH",
+                       help="train on your images instead of a --bed: a folder of PNG/JPEG files (any size with --resize/--crop) or a "
+                            ".pt/.npy tensor N x C x H x W in [-1, 1] or [0, 255]; channels and resolution come from the data; the last "
+                            "10%% (at most 512) are held out and scored at the end")
+        a.add_argument("--resize", type=int, default=None, metavar="S", help="--data images: scale each so its shorter side is S pixels")
+        a.add_argument("--crop", type=int, default=None, metavar="S", help="--data images: cut the centre S x S square (after --resize)")
     for a in (td, tc, tp, ta, tl):
         a.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         a.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -124,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num-samples", "-n", type=int, default=64, help="number of samples")
     sp.add_argument("--steps", type=int, default=50, help="sampling steps N (respaced from the T training steps)")
     sp.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1]: 0 deterministic, 1 ancestral (DDPM when steps = T)")
-    sp.add_argument("--spacing", default="leading", choices=["leading", "trailing", "linspace"], help="timestep respacing")
+    sp.add_argument("--spacing", default=None, choices=["leading", "trailing", "linspace"],
+                    help="timestep respacing (default: the model's scheduler config, timestep_spacing; leading without one)")
     sp.add_argument("--seed", type=int, default=0, help="base seed; sample i uses its own generator seeded by (seed, i)")
     sp.add_argument("--batch-size", type=int, default=256, help="samples per network call (does not change the noise of a sample)")
     sp.add_argument("--micro-batch", type=int, default=0,
@@ -320,10 +338,14 @@ def _train(args, argv: list[str], progress: bool) -> int:
     from .train import train_classifier, train_diffusion
 
     cmd = _command_line(argv)
+    user = _user_training_data(args)
+    data = {} if user is None else {"data": user.images, "data_source": {"path": str(args.data), "read_as": user.scale,
+                                                                          "resize": args.resize, "crop": args.crop}}
     if args.what == "diffusion":
         out = train_diffusion(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay,
                               seed=args.seed, save_every=args.save_every, command=cmd, progress=progress, resume=args.resume,
-                              unet_overrides=None if args.block_out_channels is None else {"block_out_channels": tuple(args.block_out_channels)})
+                              unet_overrides=None if args.block_out_channels is None else {"block_out_channels": tuple(args.block_out_channels)},
+                              **data)
     elif args.what == "autoencoder":
         from .train_latent import train_autoencoder
 
@@ -341,12 +363,71 @@ def _train(args, argv: list[str], progress: bool) -> int:
         from .train import train_time_predictor
 
         out = train_time_predictor(args.bed, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, conditions=args.condition,
-                                   widths=args.widths, seed=args.seed, command=cmd, progress=progress)
+                                   widths=args.widths, seed=args.seed, command=cmd, progress=progress, model=args.model,
+                                   save_every=args.save_every, resume=args.resume, **data)
     else:
+        if user is not None:
+            data["labels"], data["classes"] = _user_labels(args, user)
         out = train_classifier(args.bed, args.role, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               command=cmd, progress=progress)
+                               command=cmd, progress=progress, **data)
+    if user is not None:
+        _print_heldout(out)
     print(f"saved {out}")
     return 0
+
+
+def _user_training_data(args):
+    """``--data`` read and described (None with ``--bed``); exactly one of them, and the options only they use."""
+    if args.what not in ("diffusion", "classifier", "time-predictor"):
+        return None
+    if (args.bed is None) == (args.data is None):
+        raise ValueError("--data: give either --bed (a bundled test bed) or --data (your images), not both or neither")
+    if args.data is None:
+        for flag in ("resize", "crop", "labels", "model"):
+            if getattr(args, flag, None) is not None:
+                raise ValueError(f"--{flag}: only training on --data uses it")
+        return None
+    if args.what == "time-predictor" and args.model is None:
+        raise ValueError("--model: a time predictor of your data is trained for one diffusion model; give --model FOLDER")
+    if args.what == "time-predictor" and args.condition:
+        raise ValueError("--condition: a time predictor of your data is unconditional")
+    if args.what == "diffusion" and args.block_out_channels is not None:
+        raise ValueError("--block-out-channels: the UNet of your data is sized from its channels and resolution")
+    from .userdata import load_user_images
+
+    user = load_user_images(args.data, "--data", args.resize, args.crop)
+    print(f"onmanifold: --data: {user.describe()}", file=sys.stderr)
+    return user
+
+
+def _user_labels(args, user):
+    """The classes of ``--data``: ``--labels FILE`` or the folder's class subfolders."""
+    from .userdata import load_labels
+
+    if args.labels is not None:
+        if user.classes:
+            raise ValueError("--labels: the --data folder's subfolders already give the classes; give one or the other")
+        labels = load_labels(args.labels, user.images.shape[0], "--labels")
+        return labels, [str(k) for k in range(int(labels.max()) + 1)]
+    if not user.classes:
+        raise ValueError("--labels: a classifier needs classes: give --labels FILE, or a --data folder with one subfolder per class")
+    return user.labels, user.classes
+
+
+def _print_heldout(out) -> None:
+    import json
+
+    meta = json.loads((Path(out) / "onmanifold.json").read_text())
+    held = meta.get("heldout") or meta.get("heldout_accuracy") or {}
+    if "top1" in held:
+        print(f"held-out: exact step {held['top1']:.3f}, within 5 steps {held['within5']:.3f}, within 20 steps {held['within20']:.3f}, "
+              f"mean |error| {held['mean_abs_err']:.1f} steps ({meta['data']['heldout_images']} images)")
+    elif "eps_mse" in held:
+        print(f"held-out: denoising loss (eps MSE) {held['eps_mse']:.4f} on {held['images']} images")
+    elif held.get("class") is not None:
+        print(f"held-out: accuracy {held['class']:.3f} on {held['images']} images")
+    else:
+        print("held-out: none (fewer than 10 images)")
 
 
 def _dispatch(args, argv: list[str]) -> int:

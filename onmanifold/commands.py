@@ -156,25 +156,17 @@ def _option(args, dest: str):
     return SAMPLE_DEFAULTS[dest] if v is None else v
 
 
-def sampler_for(loaded, steps: int, eta: float = 0.0, spacing: str = "leading", clamp: bool = True, micro_batch: int | None = None):
-    """A :class:`~onmanifold.sampler.DDIMSampler` for a loaded model (clamping only where it has a data range)."""
-    from .sampler import DDIMSampler
-
+def sampler_for(loaded, steps: int, eta: float = 0.0, spacing: str | None = None, clamp: bool = True, micro_batch: int | None = None):
+    """The sampler of ``loaded``'s own scheduler config (:meth:`~onmanifold.model.LoadedModel.sampler`: spacing, offset,
+    final alpha, ``clip_sample``/thresholding, ...); ``spacing`` (``--spacing``) and ``clamp=False`` (``--no-clamp``) override it."""
     if steps > loaded.schedule.T:
         raise ValueError(f"--steps: expected at most the model's T = {loaded.schedule.T}, got {steps}")
-    rng = loaded.data_range or (-1.0, 1.0)
-    return DDIMSampler(loaded.schedule, steps, eta=eta, spacing=spacing, clamp_x0=clamp and loaded.data_range is not None, data_range=rng,
-                       micro_batch=micro_batch or None)
-
-
-def _image_shape(loaded) -> tuple[int, ...]:
-    """The shape of one image the model makes: its sample shape, or the VAE's decoded shape for a latent model."""
-    import torch
-
-    if loaded.data_range is not None or not hasattr(loaded.model, "decode"):
-        return tuple(loaded.sample_shape)
-    with torch.no_grad():
-        return tuple(loaded.decode(torch.zeros(1, *loaded.sample_shape)).shape[1:])
+    overrides = {} if spacing is None else {"spacing": spacing}
+    if not clamp:
+        overrides["clamp_x0"] = False
+    if micro_batch:
+        overrides["micro_batch"] = micro_batch
+    return loaded.sampler(steps, eta, **overrides)
 
 
 def _ground_truth(args, loaded, bed: str | None, n: int, shape: tuple[int, ...]):
@@ -260,7 +252,9 @@ def guidance_setup(args, loaded, bed: str | None, n: int):
         y = make_measurements(op, truth, _option(args, "sigma_y"), seed=args.seed)
         loss = MeasurementLoss(op, y)
     else:
-        shape = _image_shape(loaded)
+        from .userdata import model_image_shape
+
+        shape = model_image_shape(loaded)
         masks = None
         if args.mask is not None:
             from .userdata import load_mask
@@ -472,7 +466,7 @@ def run_sample(args, progress: bool) -> int:
     latent = loaded.data_range is None and hasattr(loaded.model, "decode") and x.dim() == 4
     with torch.no_grad():
         images = (model.decode(x) if isinstance(model, _NetworkOn) else loaded.decode(x)).clamp(-1, 1) if latent else (x if x.dim() == 4 else None)
-    info = {"model": args.model, "steps": args.steps, "eta": args.eta, "spacing": args.spacing, "seed": args.seed,
+    info = {"model": args.model, "steps": args.steps, "eta": args.eta, "spacing": sampler.spacing, "seed": args.seed,
             "num_samples": args.num_samples, "timesteps": sampler.timesteps, "bed": bed, "method": ",".join(methods) or "none",
             "plugins": [type(p).__name__ for p in plugins], "task": args.task, "operator": args.operator,
             "micro_batch": args.micro_batch or None, "device": str(device), "dtype": args.dtype}

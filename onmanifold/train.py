@@ -11,11 +11,22 @@
   Guidance classifiers see inputs with Gaussian noise of random std in [0, 0.3] (they are applied to
   Tweedie estimates ``x0_hat``, which are blurred/noisy early in sampling); evaluation classifiers see
   clean inputs with light noise (std in [0, 0.05]).
+
+The user's own data (``data=``, ``onmanifold train ... --data PATH``, read by :mod:`onmanifold.userdata`)
+replaces a bed's stream: batches are drawn uniformly from the images with the same generator, the
+networks are sized from the data's channels and resolution (:func:`user_unet_config`; ``ConvClassifier``
+and ``TimeCNN`` with ``in_channels`` and ``image_size``), and a held-out part (:func:`split_heldout`: the
+last 10 %, at most 512 images; none below 10 images) is kept out of training and scored at the end:
+the diffusion model's denoising loss, the classifier's accuracy, the time predictor's exact-step and
+within-k accuracy. A time predictor trained for a diffusion model (``model=``) uses that model's
+schedule and, for a latent model, the VAE's latents of the images; its metadata records the model's
+identity (:func:`onmanifold.binding.model_binding`), so it is refused with another model.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -27,7 +38,8 @@ from .nets.checkpoint import save_network, write_json_atomic
 from .schedule import NoiseSchedule
 from .testbeds import TESTBEDS, get_testbed
 
-__all__ = ["train_diffusion", "train_classifier", "train_time_predictor", "bed_schedule", "classifier_accuracy", "BED_ATTRIBUTES"]
+__all__ = ["train_diffusion", "train_classifier", "train_time_predictor", "bed_schedule", "classifier_accuracy", "BED_ATTRIBUTES",
+           "user_unet_config", "split_heldout", "USER_SCHEDULE"]
 
 BED_ATTRIBUTES = {name: list(bed.attributes) for name, bed in TESTBEDS.items()}
 """The categorical attributes of each bed's labels (columns of the label tensor); from :mod:`onmanifold.testbeds`."""
@@ -70,6 +82,61 @@ def _data_sampler(bed: str, generator: torch.Generator):
     raise ValueError(f"bed: expected 'gmm2d', 'digits', 'shapes' or 'mosaic', got {bed!r}")
 
 
+USER_SCHEDULE = {"kind": "linear", "num_train_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+"""The schedule a diffusion model trained on the user's data gets (DDPM's linear betas, T = 1000, as the image beds)."""
+
+
+def _check_user_images(data: torch.Tensor, what: str = "data") -> tuple[int, int]:
+    """``(channels, size)`` of square ``(N, C, S, S)`` images in [-1, 1]; ``ValueError`` naming ``what`` otherwise."""
+    if not torch.is_tensor(data) or data.dim() != 4 or not data.is_floating_point():
+        raise ValueError(f"{what}: expected float images (N, C, H, W), got {getattr(data, 'shape', type(data).__name__)}")
+    n, c, h, w = data.shape
+    if h != w:
+        raise ValueError(f"{what}: the networks take square images, got {h} x {w} (give --crop {min(h, w)})")
+    if h < 8:
+        raise ValueError(f"{what}: images of {h} x {w} pixels are too small (at least 8 x 8)")
+    if not torch.isfinite(data).all() or float(data.min()) < -1 - 1e-4 or float(data.max()) > 1 + 1e-4:
+        raise ValueError(f"{what}: expected finite values in [-1, 1]")
+    return int(c), int(h)
+
+
+def split_heldout(n: int) -> tuple[slice, slice]:
+    """``(train, heldout)`` slices of ``n`` user images: the last 10 % (at most 512) held out; none below 10 images."""
+    k = 0 if n < 10 else min(512, max(1, n // 10))
+    return slice(0, n - k), slice(n - k, n)
+
+
+def user_unet_config(channels: int, size: int) -> dict:
+    """A ``UNet2DModel`` configuration sized from the data: ``size`` halves down to 4 x 4 (at most 4 levels,
+    widths 32, 64, 128, 128), attention at the lowest level when it is at most 8 x 8."""
+    levels = 1
+    while levels < 4 and size % (2 ** levels) == 0 and size // (2 ** levels) >= 4:
+        levels += 1
+    widths = (32, 64, 128, 128)[:levels]
+    attention = size // 2 ** (levels - 1) <= 8 and levels > 1
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return dict(sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1, block_out_channels=widths,
+                down_block_types=tuple(down), up_block_types=tuple(up), norm_num_groups=8)
+
+
+def _user_sampler(x: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator):
+    """``batch_size -> (x0, labels or None)`` drawn uniformly (with replacement) from the user's images."""
+
+    def draw(b: int):
+        idx = torch.randint(0, x.shape[0], (b,), generator=generator)
+        return x[idx], (labels[idx][:, None] if labels is not None else None)
+
+    return draw
+
+
+def _data_meta(data: torch.Tensor, source: dict | None, train: slice, held: slice) -> dict:
+    return {**(source or {}), "images": int(data.shape[0]), "shape": list(data.shape[1:]), "train_images": train.stop - train.start,
+            "heldout_images": held.stop - held.start}
+
+
 def _check_positive(**values) -> None:
     """``ValueError`` naming the first argument that is not a positive number (steps, batch_size, lr, ...)."""
     import math
@@ -96,7 +163,7 @@ def _check_unet_overrides(bed: str, unet_overrides: dict | None) -> None:
 
 
 def train_diffusion(
-    bed: str,
+    bed: str | None,
     out: str | Path,
     steps: int = 6000,
     batch_size: int = 128,
@@ -108,6 +175,8 @@ def train_diffusion(
     progress: bool = True,
     resume: bool = False,
     unet_overrides: dict | None = None,
+    data: torch.Tensor | None = None,
+    data_source: dict | None = None,
 ) -> Path:
     """Train the diffusion model of ``bed`` and save it to ``out`` (EMA weights).
 
@@ -116,7 +185,8 @@ def train_diffusion(
     optimiser, step, generator state; written atomically). ``resume=True`` continues from that state
     when it exists: the result equals an uninterrupted run. ``unet_overrides`` replaces entries of
     the bed's :func:`~onmanifold.nets.networks.unet_config` (e.g. wider ``block_out_channels``).
-    Returns the output folder.
+    ``data`` (with ``bed=None``): the user's images ``(N, C, S, S)`` in [-1, 1] instead of a bed (module
+    docstring); ``data_source`` describes them in the metadata. Returns the output folder.
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
@@ -127,11 +197,22 @@ def train_diffusion(
         raise ValueError(f"save_every: expected 0 (never) or a positive number of steps, got {save_every!r}")
     if not (isinstance(ema_decay, (int, float)) and 0 <= ema_decay < 1):
         raise ValueError(f"ema_decay: expected a value in [0, 1), got {ema_decay!r}")
-    _check_unet_overrides(bed, unet_overrides)
+    if (bed is None) == (data is None):
+        raise ValueError("bed: give a test bed or data, not both or neither")
+    if data is not None:
+        channels, size = _check_user_images(data)
+        train_part, held_part = split_heldout(data.shape[0])
+        if unet_overrides:
+            raise ValueError("block_out_channels: the UNet of user data is sized from the data (user_unet_config); not settable")
+    else:
+        _check_unet_overrides(bed, unet_overrides)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    schedule = bed_schedule(bed)
-    if bed == "gmm2d":
+    schedule = bed_schedule(bed) if bed is not None else NoiseSchedule.from_config(USER_SCHEDULE)
+    if data is not None:
+        model = UNet2DModel(**user_unet_config(channels, size))
+        scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True)
+    elif bed == "gmm2d":
         model = EpsMLP()
         scheduler = None
     else:
@@ -139,14 +220,16 @@ def train_diffusion(
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    draw = _data_sampler(bed, gen)
+    draw = _data_sampler(bed, gen) if data is None else _user_sampler(data[train_part], None, gen)
     out = Path(out)
     t0 = time.time()
     losses: list[float] = []
 
     def meta(step: int) -> dict:
+        extra = {"data": _data_meta(data, data_source, train_part, held_part)} if data is not None else {}
         return {
             "bed": bed,
+            **extra,
             "kind": "diffusion",
             "prediction_type": "epsilon",
             "schedule": schedule.to_config(),
@@ -164,6 +247,8 @@ def train_diffusion(
     def forward(m, x, t):
         return m(x, t) if bed == "gmm2d" else m(x, t).sample
 
+    name = bed if bed is not None else "user-data"
+
     state_path = out / "training-state.pt"
     first = 1
     if resume and state_path.exists():
@@ -175,7 +260,7 @@ def train_diffusion(
         torch.set_rng_state(st["torch_rng"])
         losses = [float(v) for v in st["losses"]]
         first = int(st["step"]) + 1
-    bar = tqdm(range(first, steps + 1), desc=f"train {bed} diffusion", disable=not progress, mininterval=5, initial=first - 1, total=steps)
+    bar = tqdm(range(first, steps + 1), desc=f"train {name} diffusion", disable=not progress, mininterval=5, initial=first - 1, total=steps)
     for step in bar:
         x0, _ = draw(batch_size)
         t = torch.randint(0, schedule.T, (batch_size,), generator=gen)
@@ -195,23 +280,41 @@ def train_diffusion(
         if save_every and step % save_every == 0 and step < steps:
             save_network(ema, out / "snapshots" / f"step-{step:06d}", meta=meta(step), scheduler=scheduler)
             _save_training_state(state_path, step, model, ema, opt, gen, losses)
-    save_network(ema, out, meta=meta(steps), scheduler=scheduler)
+    final = meta(steps)
+    if data is not None:
+        final["heldout"] = _heldout_denoising_loss(ema, data[held_part], schedule, seed)
+    save_network(ema, out, meta=final, scheduler=scheduler)
     return out
 
 
-def _save_training_state(path: Path, step: int, model, ema, opt, gen: torch.Generator, losses: list[float]) -> None:
+@torch.no_grad()
+def _heldout_denoising_loss(model, x: torch.Tensor, schedule: NoiseSchedule, seed: int) -> dict:
+    """The EMA model's eps-MSE on the held-out images at 10 evenly spaced ``t`` (fixed noise, ``seed``); its mean."""
+    if x.shape[0] == 0:
+        return {"images": 0, "note": "no held-out images (fewer than 10 images)"}
+    gen = torch.Generator().manual_seed(seed + 1)
+    rows = []
+    for t in torch.linspace(0, schedule.T - 1, 10).round().long().tolist():
+        tt = torch.full((x.shape[0],), t, dtype=torch.long)
+        eps = torch.randn(x.shape, generator=gen)
+        rows.append({"t": t, "eps_mse": float(F.mse_loss(model(schedule.add_noise(x, tt, eps), tt).sample, eps))})
+    return {"images": int(x.shape[0]), "eps_mse": sum(r["eps_mse"] for r in rows) / len(rows), "rows": rows}
+
+
+def _save_training_state(path: Path, step: int, model, ema, opt, gen: torch.Generator, losses: list[float], lr_scheduler=None) -> None:
     """Write the resumable training state atomically (:func:`onmanifold.io.save_tensors_atomic`)."""
     from .io import save_tensors_atomic
 
     save_tensors_atomic(
         path,
-        {"step": step, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses[-1000:])},
+        {"step": step, "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else {}, "optimizer": opt.state_dict(),
+         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "losses": torch.tensor(losses[-1000:]),
+         **({"lr_scheduler": lr_scheduler.state_dict()} if lr_scheduler is not None else {})},
     )
 
 
 def train_classifier(
-    bed: str,
+    bed: str | None,
     role: str,
     out: str | Path,
     steps: int = 3000,
@@ -220,33 +323,55 @@ def train_classifier(
     seed: int | None = None,
     command: str = "",
     progress: bool = True,
+    data: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    classes: list[str] | None = None,
+    data_source: dict | None = None,
 ) -> Path:
-    """Train the ``role`` ('guidance' or 'eval') classifier of ``bed`` ('digits' or 'shapes').
+    """Train the ``role`` ('guidance' or 'eval') classifier of ``bed`` ('digits' or 'shapes'), or of the user's ``data``.
 
     Reports held-out accuracy in the saved metadata: the digits held-out split, or 2000 fresh
-    shapes from a fixed seed (per attribute: type, size).
+    shapes from a fixed seed (per attribute: type, size); for ``data`` (with ``bed=None``) the held-out
+    part (:func:`split_heldout`). ``labels`` ``(N,)`` are the classes of ``data`` (0 .. K - 1; ``classes``
+    names them, e.g. the subfolder names). Not resumable: a few thousand steps of a small CNN.
     """
     from .nets.networks import ConvClassifier, ResidualClassifier
 
     if role not in ("guidance", "eval"):
         raise ValueError(f"role: expected 'guidance' or 'eval', got {role!r}")
-    if bed not in ("digits", "shapes"):
+    if (bed is None) == (data is None):
+        raise ValueError("bed: give a test bed or data, not both or neither")
+    if bed is not None and bed not in ("digits", "shapes"):
         raise ValueError(f"bed: expected 'digits' or 'shapes', got {bed!r}")
     _check_positive(steps=steps, batch_size=batch_size, lr=lr)
+    if data is not None:
+        channels, size = _check_user_images(data)
+        if labels is None:
+            raise ValueError("labels: a classifier of user data needs class labels (--labels FILE, or one subfolder per class)")
+        if not torch.is_tensor(labels) or labels.shape != (data.shape[0],) or labels.is_floating_point() or int(labels.min()) < 0:
+            raise ValueError(f"labels: expected {data.shape[0]} integer class labels >= 0, got {getattr(labels, 'shape', labels)}")
+        num_classes = int(labels.max()) + 1
+        if num_classes < 2:
+            raise ValueError("labels: all images have the same class; a classifier needs at least two")
+        train_part, held_part = split_heldout(data.shape[0])
     if seed is None:
         seed = 1 if role == "guidance" else 2
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    size, classes = (8, [10]) if bed == "digits" else (32, [3, 3])
+    if data is None:
+        channels = 1
+        size, heads = (8, [10]) if bed == "digits" else (32, [3, 3])
+    else:
+        heads = [num_classes]
     cls = ConvClassifier if role == "guidance" else ResidualClassifier
-    model = cls(in_channels=1, image_size=size, num_classes=classes)
+    model = cls(in_channels=channels, image_size=size, num_classes=heads)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    draw = _data_sampler(bed, gen)
+    draw = _data_sampler(bed, gen) if data is None else _user_sampler(data[train_part], labels[train_part], gen)
     max_noise = 0.3 if role == "guidance" else 0.05
     t0 = time.time()
     model.train()
-    bar = tqdm(range(1, steps + 1), desc=f"train {bed} {role} classifier", disable=not progress, mininterval=5)
+    bar = tqdm(range(1, steps + 1), desc=f"train {bed or 'user-data'} {role} classifier", disable=not progress, mininterval=5)
     for step in bar:
         x, y = draw(batch_size)
         if bed == "digits":  # small random shifts (+-1 px) against overfitting the 1197 training digits
@@ -264,12 +389,19 @@ def train_classifier(
         if step % 50 == 0:
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
     model.eval()
-    acc = classifier_accuracy(model, bed)
+    if data is None:
+        acc = classifier_accuracy(model, bed)
+    else:
+        with torch.no_grad():
+            xh, yh = data[held_part], labels[held_part]
+            acc = {"class": float((model(xh).argmax(1) == yh).float().mean()) if xh.shape[0] else None, "images": int(xh.shape[0])}
+    extra = {"data": _data_meta(data, data_source, train_part, held_part), "classes": classes or [str(k) for k in range(num_classes)]} if data is not None else {}
     meta = {
         "bed": bed,
+        **extra,
         "kind": "classifier",
         "role": role,
-        "heads": ["digit"] if bed == "digits" else ["type", "size"],
+        "heads": (["digit"] if bed == "digits" else ["type", "size"]) if data is None else ["class"],
         "train_steps": steps,
         "batch_size": batch_size,
         "lr": lr,
@@ -298,7 +430,7 @@ def classifier_accuracy(model: torch.nn.Module, bed: str) -> dict[str, float]:
 
 
 def train_time_predictor(
-    bed: str,
+    bed: str | None,
     out: str | Path,
     steps: int = 5000,
     batch_size: int = 256,
@@ -308,8 +440,14 @@ def train_time_predictor(
     seed: int = 3,
     command: str = "",
     progress: bool = True,
+    data: torch.Tensor | None = None,
+    model: str | os.PathLike | None = None,
+    data_source: dict | None = None,
+    save_every: int = 0,
+    resume: bool = False,
 ) -> Path:
-    """Train the time predictor ``phi(x[, c])`` of ``bed`` (Temporal Alignment Guidance, docs/methods/tag.md#R1).
+    """Train the time predictor ``phi(x[, c])`` of ``bed``, or of diffusion ``model`` on the user's ``data``
+    (Temporal Alignment Guidance, docs/methods/tag.md#R1).
 
     Loss ``E_{t ~ U{0..T-1}, x0, eps}[-log softmax(phi(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps))_t]`` with a
     fresh ``t`` and ``eps`` per example, the diffusion model's schedule and data scaling. Networks:
@@ -317,42 +455,81 @@ def train_time_predictor(
     (gmm2d). ``conditions`` names label attributes (``digit``; ``type``, ``size``) the predictor is
     conditioned on (``p(t | x, c)``).
 
+    With ``model`` (a diffusers folder or bundled name) and ``data`` (``bed=None``): the predictor classifies
+    that model's ``T`` training steps with its schedule; for a latent model the images are encoded once by
+    its VAE (posterior mean, scaled) and the predictor trains on the latents. ``data`` must have the shape of
+    the model's images. The metadata records the model's identity (``binding``), and the exact-step and
+    within-5/20-step accuracy on the held-out images (:func:`split_heldout`). ``save_every`` / ``resume``: the
+    resumable training state ``out/training-state.pt``, as :func:`train_diffusion`.
+
     Deviation from the paper (Adam 1e-4, 300 k iterations; docs/methods/tag.md#D9): Adam with ``lr`` (default 1e-3) and cosine
     decay over a few thousand iterations, so a predictor trains in minutes on a CPU; the iterations,
     wall time and accuracy curves are recorded in the checkpoint metadata.
     """
     from .nets.networks import TimeCNN, TimeMLP
-    from .temporal.predictor import predictor_accuracy
+    from .temporal.predictor import heldout_time_accuracy, predictor_accuracy
 
     conditions = list(conditions)
-    known = BED_ATTRIBUTES.get(bed)
-    if known is None:
-        raise ValueError(f"bed: expected 'gmm2d', 'digits' or 'shapes', got {bed!r}")
-    for c in conditions:
-        if c not in known:
-            raise ValueError(f"conditions: bed {bed!r} has attributes {known}, got {c!r}")
+    if (bed is None) == (data is None):
+        raise ValueError("bed: give a test bed or data (with model), not both or neither")
+    if (data is None) != (model is None):
+        raise ValueError("model: a time predictor of user data is trained for one diffusion model: give data and model together")
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+        raise ValueError(f"save_every: expected 0 (never) or a positive number of steps, got {save_every!r}")
     _check_positive(steps=steps, batch_size=batch_size, lr=lr)
+    binding = None
+    if data is not None:
+        if conditions:
+            raise ValueError(f"conditions: a predictor of user data is unconditional, got {conditions}")
+        known, columns, cond_classes = [], [], []
+        x_all, schedule, binding = _model_space(model, data)
+        channels, size = int(x_all.shape[1]), int(x_all.shape[2])
+        if x_all.shape[2] != x_all.shape[3] or size < 2:
+            raise ValueError(f"model: TimeCNN takes square samples, the model's are {tuple(x_all.shape[1:])}")
+        train_part, held_part = split_heldout(x_all.shape[0])
+    else:
+        known = BED_ATTRIBUTES.get(bed)
+        if known is None:
+            raise ValueError(f"bed: expected 'gmm2d', 'digits' or 'shapes', got {bed!r}")
+        for c in conditions:
+            if c not in known:
+                raise ValueError(f"conditions: bed {bed!r} has attributes {known}, got {c!r}")
+        schedule = bed_schedule(bed)
+        cond_classes = [_ATTRIBUTE_CLASSES[c] for c in conditions]
+        columns = [known.index(c) for c in conditions]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    schedule = bed_schedule(bed)
-    cond_classes = [_ATTRIBUTE_CLASSES[c] for c in conditions]
-    columns = [known.index(c) for c in conditions]
     if bed == "gmm2d":
-        model = TimeMLP(num_timesteps=schedule.T, cond_classes=cond_classes)
+        net = TimeMLP(num_timesteps=schedule.T, cond_classes=cond_classes)
+    elif data is not None:
+        net = TimeCNN(in_channels=channels, image_size=size, num_timesteps=schedule.T, widths=list(widths))
     else:
-        model = TimeCNN(in_channels=1, image_size=8 if bed == "digits" else 32, num_timesteps=schedule.T, widths=list(widths), cond_classes=cond_classes)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+        net = TimeCNN(in_channels=1, image_size=8 if bed == "digits" else 32, num_timesteps=schedule.T, widths=list(widths), cond_classes=cond_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    draw = _data_sampler(bed, gen)
+    draw = _data_sampler(bed, gen) if data is None else _user_sampler(x_all[train_part], None, gen)
     t0 = time.time()
     losses: list[float] = []
-    bar = tqdm(range(1, steps + 1), desc=f"train {bed} time predictor", disable=not progress, mininterval=5)
+    out = Path(out)
+    state_path = out / "training-state.pt"
+    first = 1
+    if resume and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["lr_scheduler"])
+        gen.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        losses = [float(v) for v in st["losses"]]
+        first = int(st["step"]) + 1
+    bar = tqdm(range(first, steps + 1), desc=f"train {bed or 'user-data'} time predictor", disable=not progress, mininterval=5,
+               initial=first - 1, total=steps)
     for step in bar:
         x0, labels = draw(batch_size)
         t = torch.randint(0, schedule.T, (batch_size,), generator=gen)
         xt = schedule.add_noise(x0, t, torch.randn(x0.shape, generator=gen))
         cond = labels[:, columns] if columns else None
-        loss = F.cross_entropy(model(xt, cond), t)
+        loss = F.cross_entropy(net(xt, cond), t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -360,14 +537,22 @@ def train_time_predictor(
         losses.append(float(loss.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.3f}")
+        if save_every and step % save_every == 0 and step < steps:
+            _save_training_state(state_path, step, net, None, opt, gen, losses, lr_scheduler=sched)
     minutes = round((time.time() - t0) / 60, 2)
-    model.eval()
+    net.eval()
     with torch.no_grad():  # the checkpoint stores float16: measure exactly the weights that are shipped
-        for p in model.parameters():
+        for p in net.parameters():
             p.copy_(p.half().float())
-    curves = predictor_accuracy(model, bed, schedule, conditions=conditions)
+    if data is None:
+        curves = predictor_accuracy(net, bed, schedule, conditions=conditions)
+    elif held_part.stop > held_part.start:
+        curves = {"model": str(model), **heldout_time_accuracy(net, x_all[held_part], schedule, num_times=min(100, schedule.T), per_time=50, seed=seed)}
+    else:
+        curves = {"model": str(model), "summary": {"note": "no held-out images (fewer than 10 images)"}}
     meta = {
         "bed": bed,
+        **({"data": _data_meta(x_all, data_source, train_part, held_part), "binding": binding} if data is not None else {}),
         "kind": "time_predictor",
         "conditions": conditions,
         "schedule": schedule.to_config(),
@@ -379,8 +564,33 @@ def train_time_predictor(
         "final_loss_avg100": sum(losses[-100:]) / max(len(losses[-100:]), 1),
         "heldout": curves["summary"],
         "command": command,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in net.parameters()),
     }
-    save_network(model, out, meta=meta, half=True)
-    write_json_atomic(Path(out) / "accuracy_curve.json", curves)
-    return Path(out)
+    save_network(net, out, meta=meta, half=True)
+    write_json_atomic(out / "accuracy_curve.json", curves)
+    return out
+
+
+@torch.no_grad()
+def _model_space(model: str | os.PathLike, data: torch.Tensor, batch_size: int = 64) -> tuple[torch.Tensor, NoiseSchedule, dict]:
+    """``(x, schedule, binding)``: the user's images in the model's sample space (the VAE's latents for a latent
+    model), its training schedule and its identity (:func:`onmanifold.binding.model_binding`)."""
+    from .binding import model_binding
+    from .model import load_diffusion_model
+
+    loaded = load_diffusion_model(model)
+    if len(loaded.sample_shape) != 3:
+        raise ValueError(f"model: {model} samples points of shape {tuple(loaded.sample_shape)}, not images; train its predictor with --bed")
+    latent = loaded.data_range is None and hasattr(loaded.model, "encode")
+    if not torch.is_tensor(data) or data.dim() != 4:
+        raise ValueError(f"data: expected images (N, C, H, W), got {getattr(data, 'shape', type(data).__name__)}")
+    from .userdata import model_image_shape
+
+    shape = model_image_shape(loaded)
+    if tuple(data.shape[1:]) != tuple(shape):
+        raise ValueError(f"data: the model {model} makes images of {' x '.join(map(str, shape))} (C x H x W), the data are "
+                         f"{' x '.join(map(str, data.shape[1:]))} (give --resize/--crop, or images of that size)")
+    if not torch.isfinite(data).all() or float(data.min()) < -1 - 1e-4 or float(data.max()) > 1 + 1e-4:
+        raise ValueError("data: expected finite values in [-1, 1]")
+    x = torch.cat([loaded.encode(data[i : i + batch_size]) for i in range(0, data.shape[0], batch_size)]).float() if latent else data
+    return x, loaded.schedule, {**model_binding(model, loaded), "space": "latent" if latent else "pixel"}

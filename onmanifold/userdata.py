@@ -9,7 +9,7 @@ Every command that takes the user's data (``train ... --data``, ``sample --image
   channel; any colour file makes the whole set RGB (3 channels; alpha is dropped). Images of several
   sizes need ``resize`` and/or ``crop``: without them a mixed-size folder is refused, naming the option.
 * **a tensor file** (``.pt`` read with ``weights_only=True``, ``.npy`` without pickles): ``N x C x H x W``
-  with ``C`` in {1, 3, 4}, values in [-1, 1] (used as they are) or in [0, 255] (integers or floats above
+  with ``C`` in {1, 3}, values in [-1, 1] (used as they are) or in [0, 255] (integers or floats above
   1: ``x = u / 127.5 - 1``). The scale found is reported (:attr:`UserImages.scale`). A channels-last
   array (``N x H x W x C``) or values in [0, 1] (ambiguous: [0, 1] data or [-1, 1] data without
   negatives) are refused with the fix in the message.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = ["UserImages", "load_user_images", "load_image_folder", "load_tensor_file", "load_mask", "load_labels",
-           "write_image_folder", "IMAGE_SUFFIXES", "TENSOR_SUFFIXES"]
+           "write_image_folder", "model_image_shape", "IMAGE_SUFFIXES", "TENSOR_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TENSOR_SUFFIXES = (".pt", ".pth", ".npy")
@@ -183,11 +183,11 @@ def load_tensor_file(path: str | os.PathLike, option: str = "--data") -> UserIma
     shape = tuple(t.shape)
     if t.dim() != 4:
         raise ValueError(f"{option}: expected a tensor N x C x H x W, got {t.dim()} dimensions {shape}")
-    if shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4):
+    if shape[1] not in (1, 3) and shape[3] in (1, 3):
         raise ValueError(f"{option}: shape {shape} looks channels-last (N x H x W x C); expected N x C x H x W "
                          "(transpose it: x.permute(0, 3, 1, 2))")
-    if shape[1] not in (1, 3, 4):
-        raise ValueError(f"{option}: expected N x C x H x W with C = 1, 3 or 4 channels, got shape {shape}")
+    if shape[1] not in (1, 3):
+        raise ValueError(f"{option}: expected N x C x H x W with C = 1 (grey) or 3 (RGB) channels, got shape {shape}")
     if shape[0] == 0:
         raise ValueError(f"{option}: the tensor holds no images (shape {shape})")
     if t.dtype == torch.bool or t.is_complex():
@@ -297,3 +297,12 @@ def write_image_folder(x: torch.Tensor, folder: str | os.PathLike, prefix: str =
         img = Image.fromarray(u[..., 0] if u.shape[-1] == 1 else u)
         paths.append(write_atomic(folder / f"{prefix}{i:05d}.png", lambda f, img=img: img.save(f, format="PNG")))
     return paths
+
+
+def model_image_shape(loaded) -> tuple[int, ...]:
+    """The ``(C, H, W)`` of one image a loaded model makes (what the user's images must match): its sample shape,
+    or for a latent model the VAE's decoded shape."""
+    if loaded.data_range is not None or not hasattr(loaded.model, "decode"):
+        return tuple(loaded.sample_shape)
+    with torch.no_grad():
+        return tuple(loaded.decode(torch.zeros(1, *loaded.sample_shape)).shape[1:])

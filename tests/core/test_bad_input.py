@@ -329,3 +329,65 @@ def test_dsg_with_the_largest_interval_that_guides_a_step_still_guides():
     loss = lambda x0: (x0 - 3).pow(2).sum(1)  # noqa: E731
     base = _run([])
     assert not torch.equal(_run([SphericalGaussianGuidance(loss, 0.5, interval=9)]), base)
+
+
+# The user's own data and problems (issue 15): one line naming the option, exit code 2, nothing written.
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    from onmanifold.userdata import write_image_folder
+
+    d = tmp_path_factory.mktemp("user-data")
+    (d / "empty").mkdir()
+    write_image_folder(torch.zeros(2, 1, 8, 8), d / "mixed", prefix="a")
+    write_image_folder(torch.zeros(1, 1, 12, 12), d / "mixed", prefix="b")
+    write_image_folder(torch.zeros(12, 1, 8, 8), d / "digits8")
+    write_image_folder(torch.ones(1, 1, 16, 16), d / "mask16")
+    torch.save(torch.zeros(12, 8, 8, 1), d / "channels-last.pt")
+    return {"dir": d, "empty": d / "empty", "mixed": d / "mixed", "digits8": d / "digits8", "mask16": d / "mask16" / "00000.png",
+            "channels_last": d / "channels-last.pt"}
+
+
+OPERATOR = ["sample", "digits-unet", "--method", "dsg", "--eta", "1", "--steps", "3", "-n", "2", "--no-progress"]
+USER_CASES = [
+    ("train-data-empty-folder", ["train", "diffusion", "--data", "{empty}"], "--data"),
+    ("train-data-mixed-sizes", ["train", "diffusion", "--data", "{mixed}"], "--data"),
+    ("train-data-channels-last", ["train", "classifier", "--role", "eval", "--data", "{channels_last}", "--labels", "{channels_last}"], "--data"),
+    ("train-data-and-bed", ["train", "diffusion", "--bed", "digits", "--data", "{digits8}"], "--data"),
+    ("train-resize-without-data", ["train", "diffusion", "--bed", "digits", "--resize", "8"], "--resize"),
+    ("train-time-predictor-data-without-model", ["train", "time-predictor", "--data", "{digits8}"], "--model"),
+    ("train-time-predictor-data-of-another-size", ["train", "time-predictor", "--data", "{digits8}", "--model", "shapes-unet"], "--data"),
+    ("train-classifier-data-without-labels", ["train", "classifier", "--role", "eval", "--data", "{digits8}"], "--labels"),
+    ("sample-mask-size-mismatch", OPERATOR + ["--operator", "inpaint", "--mask", "{mask16}", "--images", "{digits8}"], "--mask"),
+    ("sample-mask-without-inpaint", OPERATOR + ["--operator", "sr:2", "--mask", "{mask16}", "--images", "{digits8}"], "--mask"),
+    ("sample-operator-unknown", OPERATOR + ["--operator", "warp:3", "--images", "{digits8}"], "--operator"),
+    ("sample-operator-sr-factor-3-on-8x8", OPERATOR + ["--operator", "sr:3", "--images", "{digits8}"], "--operator"),
+    ("sample-operator-without-y", OPERATOR + ["--operator", "sr:2"], "--images"),
+    ("sample-operator-and-task", OPERATOR + ["--operator", "sr:2", "--task", "sr", "--images", "{digits8}"], "--operator"),
+    ("sample-images-of-another-size", OPERATOR + ["--operator", "sr:2", "--images", "{mask16}"], "--images"),
+    ("sample-methods-dps-and-dsg", ["sample", "digits-unet", "--method", "dps,dsg", "--task", "box"], "--method"),
+    ("sample-method-unknown", ["sample", "digits-unet", "--method", "dsg,magic", "--task", "box"], "--method"),
+    ("sample-predictor-of-another-model", ["sample", "gmm2d-mlp", "--method", "tag", "--time-predictor", "digits-time"], "--time-predictor"),
+    ("sample-predictor-missing", ["sample", "digits-unet", "--method", "tag", "--time-predictor", "{dir}/none"], "--time-predictor"),
+    ("sample-omega0-without-tag", ["sample", "digits-unet", "--omega0", "2"], "--omega0"),
+    ("sample-asced-k-without-asced", ["sample", "digits-unet", "--method", "tag", "--asced-k", "2"], "--asced-k"),
+    ("sample-asced-k-negative", ["sample", "digits-unet", "--method", "asced", "--asced-k", "-1"], "--asced-k"),
+    ("sample-device-unavailable", ["sample", "digits-unet", "--device", "cuda:7"], "--device"),
+]
+
+
+@pytest.mark.parametrize("argv, option", [c[1:] for c in USER_CASES], ids=[c[0] for c in USER_CASES])
+def test_user_data_bad_input_is_one_line_naming_the_option(argv, option, user_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [a.format(**user_files) for a in argv] + ["--out", str(out)]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("onmanifold: --data: ")]  # the data's description
+    assert code == 2, err
+    assert len(lines) == 1 and "error:" in lines[0], err
+    assert option in lines[0], lines[0]
+    assert not out.exists()  # nothing written
