@@ -27,6 +27,15 @@ def no_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks: one CPU thread is many times faster than two on a machine shared with other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_unet(sample_size=8, channels=3, out_channels=None, **kw) -> UNet2DModel:
     torch.manual_seed(0)
     kw = {"down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D"), **kw}
