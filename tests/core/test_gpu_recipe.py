@@ -124,12 +124,29 @@ def test_recipe_checkpoint_form_samples_like_diffusers(tmp_path):
     assert loaded.sampler(1000, 1.0).timesteps == pipe.scheduler.timesteps.tolist()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--device", "cuda:7"], "--device"),
-    (["--images", "no-such-folder/"], "--images"),
+def _set_scheduler_key(ckpt: Path, key: str, value) -> None:
+    path = ckpt / "scheduler" / "scheduler_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+
+
+def _drop_weights(ckpt: Path) -> None:
+    (ckpt / "unet" / "diffusion_pytorch_model.bin").unlink()
+
+
+@pytest.mark.parametrize("argv,mutate,message", [
+    (["--device", "cuda:7"], None, "--device"),
+    (["--images", "no-such-folder/"], None, "--images"),
+    ([], lambda c: _set_scheduler_key(c, "timestep_spacing", "karras"), "timestep_spacing"),
+    ([], lambda c: _set_scheduler_key(c, "_class_name", "FlowMatchEulerDiscreteScheduler"), "_class_name"),
+    (["--eta", "1"], lambda c: _set_scheduler_key(c, "variance_type", "fixed_large"), "variance_type"),
+    ([], _drop_weights, "missing weights file diffusion_pytorch_model.safetensors"),
 ])
-def test_recipe_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
+def test_recipe_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, mutate, message):
+    """A device that does not exist, missing images, a scheduler setting with no equivalent, an unknown scheduler, a
+    checkpoint without weights: one line on stderr naming it, exit code 2, nothing written."""
     ckpt = celebahq_like_folder(tmp_path / "ckpt")
+    if mutate is not None:
+        mutate(ckpt)
     faces = face_folder(tmp_path / "faces", 1)
     base = ["sample", str(ckpt), "--images", str(faces), "--operator", "sr:4", "--method", "dsg", "-n", "1", "--steps", "2",
             "--eta", "1", "--out", str(tmp_path / "out")]
