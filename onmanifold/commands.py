@@ -393,33 +393,42 @@ class _NetworkOn:
         return self.model.decode(self._to(z)).to("cpu", z.dtype)
 
 
-def _per_sample_outputs(outputs, x, images, truth, asced) -> list[dict]:
+def _captioned_png(img, caption: str):
+    """A writer of ``img`` as a PNG whose Description is ``caption`` (what ``onmanifold report`` shows under it)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Description", caption)
+    return lambda f: img.save(f, format="PNG", pnginfo=info)
+
+
+def _per_sample_outputs(outputs, x, images, truth, asced, run: str) -> list[dict]:
     """Stage one PNG per sample and ASCED's masks; return the per-sample metrics rows."""
     import torch
+    from PIL import Image
 
     from . import metrics
     from .images import to_uint8
 
     rows = [{"index": i} for i in range(x.shape[0])]
-    if images is not None:
-        from PIL import Image
-
-        for i, u in enumerate(to_uint8(images)):
-            img = Image.fromarray(u[..., 0] if u.shape[-1] == 1 else u)
-            outputs.add(f"sample-{i:05d}.png", lambda f, img=img: img.save(f, format="PNG"))
-            rows[i]["png"] = f"sample-{i:05d}.png"
     if truth is not None:
         for i, (p, s) in enumerate(zip(metrics.psnr(images, truth).tolist(), metrics.ssim(images, truth).tolist())):
             rows[i].update(psnr=float(p), ssim=float(s))
+    if images is not None:
+        for i, u in enumerate(to_uint8(images)):
+            img = Image.fromarray(u[..., 0] if u.shape[-1] == 1 else u)
+            score = f"; PSNR {rows[i]['psnr']:.2f} dB, SSIM {rows[i]['ssim']:.3f} against the truth" if truth is not None else ""
+            outputs.add(f"sample-{i:05d}.png", _captioned_png(img, f"Sample {i} at its own size ({run}){score}."))
+            rows[i]["png"] = f"sample-{i:05d}.png"
     if asced is not None:
-        from PIL import Image
-
         result = asced.detector.results()
         corrected = asced.corrector.corrected
         for i in range(x.shape[0]):
             m = result.mask[i]
             img = Image.fromarray((m.to(torch.uint8) * 255).numpy())
-            outputs.add(f"asced-mask-{i:05d}.png", lambda f, img=img: img.save(f, format="PNG"))
+            outputs.add(f"asced-mask-{i:05d}.png", _captioned_png(
+                img, f"ASCED's detected mask M of sample {i} (white: {int(m.sum())} flagged pixels; "
+                     f"{'corrected' if bool(corrected[i]) else 'not corrected'} at the correction step); {run}."))
             rows[i].update(asced_flagged=bool(m.any()), asced_corrected=bool(corrected[i]), asced_mask_pixels=int(m.sum()),
                            asced_mask=f"asced-mask-{i:05d}.png")
     return rows
@@ -489,7 +498,7 @@ def run_sample(args, progress: bool) -> int:
     outputs = OutputSet(out, manifest="samples.json", owned=SAMPLE_OUTPUTS)
     try:
         outputs.add_tensors("samples.pt", x)
-        info["per_sample"] = _per_sample_outputs(outputs, x, images, truth, asced)
+        info["per_sample"] = _per_sample_outputs(outputs, x, images, truth, asced, run)
         if images is not None:
             shown = min(64, images.shape[0])
             outputs.add("grid.png", lambda f: save_grid(images[:64], f, caption=f"The first {shown} of {images.shape[0]} samples ({run})."))
