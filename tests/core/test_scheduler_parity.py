@@ -322,3 +322,16 @@ def test_sampler_refusals_name_the_key_or_argument():
         DDIMSampler(loaded.schedule, 10, dynamic_thresholding=(0.995, 0.5))
     with pytest.raises(ValueError, match="^previous_timesteps: "):
         DDIMSampler(loaded.schedule, 3, previous_timesteps=[800, 400])
+
+
+def test_cli_sampler_follows_the_config():
+    """`onmanifold sample` builds its sampler through LoadedModel.sampler: clip_sample false is respected, --spacing and
+    --no-clamp override the config."""
+    from onmanifold.commands import sampler_for
+
+    loaded, _ = loaded_for(DDIMScheduler(**SD).config)
+    s = sampler_for(loaded, 10)
+    assert s.clamp_x0 is False and s.timesteps[0] == 901 and s.schedule.final_alpha_cumprod < 1
+    assert sampler_for(loaded, 10, spacing="trailing").timesteps[0] == 999
+    clipping, _ = loaded_for(DDIMScheduler().config)
+    assert sampler_for(clipping, 10).clamp_x0 is True and sampler_for(clipping, 10, clamp=False).clamp_x0 is False
