@@ -467,9 +467,11 @@ def _dispatch(args, argv: list[str]) -> int:
             if getattr(args, flag) < 1:
                 raise ValueError(f"--{flag.replace('_', '-')}: expected a positive number of samples, got {getattr(args, flag)}")
         if args.measure_spread:
+            from onmanifold_bench.demo import COLUMNS, demo_rows
             from onmanifold_bench.precision import measure_demo_spread
 
-            measure_demo_spread(args, command=_command_line(argv))
+            samples = {k: getattr(args, k) for k in ("dsg_samples", "tag_samples", "asced_samples", "compose_samples", "seed")}
+            measure_demo_spread(lambda: demo_rows(args, None)[0], COLUMNS, command=_command_line(argv), samples=samples)
             print("wrote docs/results/precision.json and precision.md")
             return 0
         if args.update_readme is not None and not Path(args.update_readme).is_file():

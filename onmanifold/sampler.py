@@ -501,7 +501,7 @@ class DDIMSampler:
         variance: ``"fixed_small"`` (``sigma_t`` from eta) or ``"learned_range"`` (the model's learned
             variance, eta = 1 only; module docstring).
         micro_batch: if set, the model is evaluated in micro-batches of exactly this size
-            (:class:`~onmanifold.model.FixedMicroBatch`), so samples are bit-identical whatever the
+            (:class:`~onmanifold.prediction.FixedMicroBatch`), so samples are bit-identical whatever the
             batch size; without it the noise is identical per sample and the network's arithmetic may
             differ at float rounding between batch sizes.
     """
@@ -722,7 +722,7 @@ class DDIMSampler:
             seed = 0
         self._check_model_outputs(model)
         if self.micro_batch is not None:
-            from .model import FixedMicroBatch
+            from .prediction import FixedMicroBatch
 
             model = FixedMicroBatch(model, self.micro_batch)
         run = RunContext(

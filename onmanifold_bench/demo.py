@@ -82,7 +82,7 @@ def _rows_asced(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def _rows_compose(n: int, seed: int, out: Path) -> list[dict]:
+def _rows_compose(n: int, seed: int, out: Path | None) -> list[dict]:
     from onmanifold_bench.compose import compose_run
     from onmanifold.images import save_grid
 
@@ -90,15 +90,50 @@ def _rows_compose(n: int, seed: int, out: Path) -> list[dict]:
     for method in ("dps", "dsg", "dsg+tag+asced"):
         keep: dict = {}
         m = compose_run(method, n, "test", seed=seed, samples_out=keep, **DEMO_COMPOSE)
-        save_grid(keep["x"][:32], out / f"compose_{method.replace('+', '_')}.png", nrow=8,
-                  caption=f"The first {min(32, n)} of {n} held-out shapes reconstructed by {method.upper().replace('+', ' + ')} from their "
-                          f"x4-downsampled measurements (sigma_y = 0.05, DDIM-25, eta = 1, knobs {DEMO_COMPOSE}).")
+        if out is not None:
+            save_grid(keep["x"][:32], out / f"compose_{method.replace('+', '_')}.png", nrow=8,
+                      caption=f"The first {min(32, n)} of {n} held-out shapes reconstructed by {method.upper().replace('+', ' + ')} from their "
+                              f"x4-downsampled measurements (sigma_y = 0.05, DDIM-25, eta = 1, knobs {DEMO_COMPOSE}).")
         knobs = {"dps": f"zeta={DEMO_COMPOSE['zeta']}", "dsg": f"g_r={DEMO_COMPOSE['g_r']}",
                  "dsg+tag+asced": f"g_r={DEMO_COMPOSE['g_r']}, omega0={DEMO_COMPOSE['omega0']}"}[method]
         rows.append({"experiment": "Composition: shapes SR x4, DDIM-25", "method": method.upper().replace("+", " + "), "knobs": knobs,
                      "PSNR": m["psnr"], "FD": m["fd"], "GT artifact rate": m["gt_artifact_rate"],
                      "ASCED flagged": m.get("corrected_share", "-"), "s/sample": m["s_per_sample"]})
     return rows
+
+
+def demo_rows(args, out_dir: Path | None) -> tuple[list[dict], dict]:
+    """The demo's rows and the seconds of each section (``out_dir``: where the composition grids go; None: nowhere)."""
+    rows: list[dict] = []
+    sections = [
+        ("DSG vs DPS", lambda: _rows_dsg(args.dsg_samples, args.seed)),
+        ("TAG", lambda: _rows_tag(args.seed, args.tag_samples)),
+        ("ASCED", lambda: _rows_asced(args.asced_samples, args.seed)),
+        ("composition", lambda: _rows_compose(args.compose_samples, args.seed, out_dir)),
+    ]
+    timings = {}
+    for name, fn in sections:
+        new, timings[name] = timed(fn)
+        rows += new
+        print(f"[demo] {name}: {len(new)} rows in {timings[name]:.0f} s", flush=True)
+    return rows, timings
+
+
+def demo_table(rows: list[dict], columns: list[str] = COLUMNS) -> str:
+    """The demo's markdown table, every value to the decimals its measured rounding spread supports.
+
+    Spreads come from ``docs/results/precision.json`` (``onmanifold bench precision``,
+    :mod:`onmanifold_bench.precision`); without them values keep four significant digits.
+    """
+    from .precision import format_with_spread, load_demo_spread
+
+    spreads = load_demo_spread() or {}
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        key = f"{r['experiment']} | {r['method']}"
+        cells = [tables.escape_cell(format_with_spread(r.get(c), spreads.get(key, {}).get(c))) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def run_demo(args, progress: bool) -> int:
@@ -108,19 +143,8 @@ def run_demo(args, progress: bool) -> int:
     t_start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    sections = [
-        ("DSG vs DPS", lambda: _rows_dsg(args.dsg_samples, args.seed)),
-        ("TAG", lambda: _rows_tag(args.seed, args.tag_samples)),
-        ("ASCED", lambda: _rows_asced(args.asced_samples, args.seed)),
-        ("composition", lambda: _rows_compose(args.compose_samples, args.seed, out)),
-    ]
-    timings = {}
-    for name, fn in sections:
-        new, timings[name] = timed(fn)
-        rows += new
-        print(f"[demo] {name}: {len(new)} rows in {timings[name]:.0f} s", flush=True)
-    table = markdown_table(rows, COLUMNS)
+    rows, timings = demo_rows(args, out)
+    table = demo_table(rows)
     print("\nonmanifold demo: DSG, TAG and ASCED against their baselines, and all three in one run (bundled models):\n")
     print(table)
     notes = ("DSG vs DPS: held-out digits with a 4x4 hole, sigma_y = 0.05, eta = 1; accuracy of the evaluation classifier on the "
@@ -138,4 +162,49 @@ def run_demo(args, progress: bool) -> int:
     write_json_atomic(out / "summary.json", {"rows": rows, "samples": samples, "seconds": timings, "total_seconds": total})
     html_path, _ = write_report(out, title="onmanifold demo")
     print(f"\nwrote {out}/summary.md, summary.json and the report {html_path} in {total:.0f} s")
+    if getattr(args, "update_readme", None):
+        update_readme(args.update_readme, table)
+        print(f"wrote the table into {args.update_readme}")
     return 0
+
+
+README_MARKERS = ("<!-- demo-table -->", "<!-- /demo-table -->")
+
+
+def readme_table(text: str) -> str:
+    """The demo table kept in a README between :data:`README_MARKERS` (the lines inside the code fence)."""
+    start, end = text.find(README_MARKERS[0]), text.find(README_MARKERS[1])
+    if start < 0 or end < start:
+        raise ValueError(f"README: no block between {README_MARKERS[0]} and {README_MARKERS[1]}")
+    inner = text[start + len(README_MARKERS[0]):end].strip().splitlines()
+    return "\n".join(line for line in inner if line.startswith("|"))
+
+
+def update_readme(path: str | Path, table: str) -> None:
+    """Replace the demo table of the README at ``path`` by ``table`` without its wall-time columns (atomically).
+
+    Wall times differ from machine to machine; every other cell is printed to the digits its rounding
+    spread supports, so another machine prints the same table (``tests/bench/test_demo_table.py``).
+    """
+    path = Path(path)
+    text = path.read_text()
+    readme_table(text)  # refuses a README without the markers
+    start = text.index(README_MARKERS[0]) + len(README_MARKERS[0])
+    end = text.index(README_MARKERS[1])
+    cells = reproducible_columns(table)
+    lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])] + ["| " + " | ".join(r) + " |" for r in cells[1:]]
+    write_text_atomic(path, text[:start] + "\n```\n" + "\n".join(lines) + "\n```\n" + text[end:])
+
+
+def reproducible_columns(table: str) -> list[list[str]]:
+    """The table's cells without the wall-time columns (what another machine must print identically)."""
+    from .precision import TIMING_COLUMNS
+
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    keep = [i for i, c in enumerate(header) if c not in TIMING_COLUMNS]
+    out = []
+    for line in [lines[0]] + lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out.append([cells[i] for i in keep])
+    return out
