@@ -356,3 +356,23 @@ def test_the_training_commands_refuse_bad_input_with_exit_code_2(argv, name, cap
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith((f"onmanifold: error: {name}", f"onmanifold: error: --{name.replace('_', '-')}"))
+
+
+# ------------------------------------------------------------------ the bundled latent shapes model
+def test_the_bundled_latent_shapes_model_follows_its_prompts_under_cfg():
+    from onmanifold.data.shapes import SIZE_NAMES, TYPE_NAMES
+    from onmanifold.evaluate import eval_classifier
+    from onmanifold.nets.checkpoint import list_bundled
+
+    if "shapes-latent" not in list_bundled():
+        pytest.skip("the latent shapes model is not bundled in this checkout")
+    m = load_diffusion_model("shapes-latent")
+    assert m.sample_shape == (4, 8, 8) and m.data_range is None
+    labels = torch.tensor([[a, b] for a in range(3) for b in range(3)]).repeat_interleave(2, dim=0)
+    cond = m.encode_prompt([f"{TYPE_NAMES[a]} {SIZE_NAMES[b]}" for a, b in labels.tolist()])
+    cfg = ClassifierFreeGuidance(m.model, 3.0, m.encode_prompt(""))
+    z = DDIMSampler(m.schedule, 10).sample(cfg, shape=m.sample_shape, num_samples=len(labels), seed=0, cond=cond)
+    with torch.no_grad():
+        logits = eval_classifier("shapes")(m.decode(z).clamp(-1, 1))
+    hits = (logits[0].argmax(1) == labels[:, 0]) & (logits[1].argmax(1) == labels[:, 1])
+    assert hits.float().mean() >= 0.8
