@@ -246,3 +246,18 @@ def test_a_time_predictor_of_a_latent_model_trains_on_the_vae_latents(tmp_path):
                  "--steps", "2", "--batch-size", "4", "--widths", "4", "4", "4", "4", "--no-progress"]) == 0
     p = load_time_predictor(tmp_path / "p")
     assert p.sample_shape == (4, 4, 4) and p.binding["space"] == "latent"
+    # the predictor in a latent run: DSG's loss on the decoded images, TAG on the latents
+    assert main(["sample", str(folder), "--method", "dsg,tag", "--operator", "sr:2", "--images", str(tmp_path / "x.pt"), "--time-predictor",
+                 str(tmp_path / "p"), "--eta", "1", "--steps", "3", "-n", "2", "--out", str(tmp_path / "s"), "--no-progress"]) == 0
+    info = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert torch.load(tmp_path / "s" / "samples.pt", weights_only=True).shape == (2, 4, 4, 4) and "psnr" in info["per_sample"][1]
+    assert (tmp_path / "s" / "sample-00001.png").is_file()  # decoded images
+
+
+def test_the_network_in_another_precision(tmp_path):
+    """--dtype float64 runs the network in float64 (the loop stays float32): the samples agree with float32 to rounding."""
+    common = ["sample", "digits-unet", "-n", "2", "--steps", "3", "--eta", "1", "--method", "dsg", "--task", "box", "--no-progress"]
+    assert main(common + ["--dtype", "float64", "--out", str(tmp_path / "a")]) == 0
+    assert main(common + ["--out", str(tmp_path / "b")]) == 0
+    a, b = (torch.load(tmp_path / n / "samples.pt", weights_only=True) for n in "ab")
+    assert a.dtype == torch.float32 and not torch.equal(a, b) and torch.allclose(a, b, atol=1e-4)
