@@ -376,3 +376,11 @@ def test_the_bundled_latent_shapes_model_follows_its_prompts_under_cfg():
         logits = eval_classifier("shapes")(m.decode(z).clamp(-1, 1))
     hits = (logits[0].argmax(1) == labels[:, 0]) & (logits[1].argmax(1) == labels[:, 1])
     assert hits.float().mean() >= 0.8
+
+
+def test_the_loaded_sampler_of_a_latent_model_never_clamps(loaded):
+    s = loaded.sampler(4, eta=0.5)
+    assert s.clamp_x0 is False and s.num_steps == 4
+    cfg = ClassifierFreeGuidance(loaded.model, 2.0, loaded.encode_prompt(""))
+    z = s.sample(cfg, shape=loaded.sample_shape, num_samples=2, seed=0, cond=_prompt(loaded))
+    assert z.shape == (2, 4, 4, 4) and torch.isfinite(z).all()
