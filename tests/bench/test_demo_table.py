@@ -74,4 +74,29 @@ def test_the_readme_demo_table_is_what_the_code_prints(tmp_path, capsys):
     printed = capsys.readouterr().out
     table = "\n".join(line for line in printed.splitlines() if line.startswith("|"))
     expected = reproducible_columns(readme_table((ROOT / "README.md").read_text()))
-    assert reproducible_columns(table) == expected
+    got = reproducible_columns(table)
+    assert got[0] == expected[0] and len(got) == len(expected)
+    for row_got, row_expected in zip(got[1:], expected[1:]):
+        for a, b in zip(row_got, row_expected):
+            assert _same_to_the_last_digit(a, b), (row_got, row_expected)
+
+
+def _same_to_the_last_digit(a: str, b: str) -> bool:
+    """Equal text, or numbers printed with the same decimals that differ by at most one unit of the last digit.
+
+    The last digit can flip when a value sits on a rounding boundary and its spread crosses it.
+    """
+    if a == b:
+        return True
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return False
+    decimals = len(a.partition(".")[2])
+    return decimals == len(b.partition(".")[2]) and abs(x - y) <= 1.01 * 10.0 ** (-decimals)
+
+
+def test_the_last_digit_tolerance():
+    assert _same_to_the_last_digit("0.92", "0.93") and _same_to_the_last_digit("7", "8")
+    assert not _same_to_the_last_digit("0.92", "0.94") and not _same_to_the_last_digit("0.92", "0.9")
+    assert not _same_to_the_last_digit("DSG", "DPS")
