@@ -70,6 +70,9 @@ def test_the_readme_demo_table_is_what_the_code_prints(tmp_path, capsys):
     """Runs the whole demo (about 80 s on 2 quiet cores) and compares every non-timing cell with the README."""
     from onmanifold.cli import main
 
+    if load_demo_spread() is None:
+        pytest.skip(f"{SPREAD_FILE} not measured: the README's table was not written by --update-readme")
+
     assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     table = "\n".join(line for line in printed.splitlines() if line.startswith("|"))
