@@ -252,14 +252,8 @@ def train_diffusion(
     state_path = out / "training-state.pt"
     first = 1
     if resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(st["model"])
-        ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["optimizer"])
-        gen.set_state(st["generator"])
-        torch.set_rng_state(st["torch_rng"])
-        losses = [float(v) for v in st["losses"]]
-        first = int(st["step"]) + 1
+        done, losses = _load_training_state(state_path, model, ema, opt, gen)
+        first = done + 1
     bar = tqdm(range(first, steps + 1), desc=f"train {name} diffusion", disable=not progress, mininterval=5, initial=first - 1, total=steps)
     for step in bar:
         x0, _ = draw(batch_size)
@@ -270,10 +264,7 @@ def train_diffusion(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
+        _ema_update(ema, model, step, ema_decay)
         losses.append(float(loss.detach()))
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / 50:.4f}")
@@ -299,6 +290,28 @@ def _heldout_denoising_loss(model, x: torch.Tensor, schedule: NoiseSchedule, see
         eps = torch.randn(x.shape, generator=gen)
         rows.append({"t": t, "eps_mse": float(F.mse_loss(model(schedule.add_noise(x, tt, eps), tt).sample, eps))})
     return {"images": int(x.shape[0]), "eps_mse": sum(r["eps_mse"] for r in rows) / len(rows), "rows": rows}
+
+
+def _ema_update(ema, model, step: int, ema_decay: float) -> None:
+    """``ema <- ema + (1 - d) (model - ema)`` with ``d = min(ema_decay, (1 + step) / (10 + step))`` (warm-up)."""
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.lerp_(pm, 1 - decay)
+
+
+def _load_training_state(path: Path, model, ema, opt, gen: torch.Generator, lr_scheduler=None) -> tuple[int, list[float]]:
+    """Restore what :func:`_save_training_state` wrote; returns ``(step, losses)``. ``ema``/``lr_scheduler`` may be None."""
+    st = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(st["model"])
+    if ema is not None:
+        ema.load_state_dict(st["ema"])
+    opt.load_state_dict(st["optimizer"])
+    if lr_scheduler is not None:
+        lr_scheduler.load_state_dict(st["lr_scheduler"])
+    gen.set_state(st["generator"])
+    torch.set_rng_state(st["torch_rng"])
+    return int(st["step"]), [float(v) for v in st["losses"]]
 
 
 def _save_training_state(path: Path, step: int, model, ema, opt, gen: torch.Generator, losses: list[float], lr_scheduler=None) -> None:
@@ -514,14 +527,8 @@ def train_time_predictor(
     state_path = out / "training-state.pt"
     first = 1
     if resume and state_path.exists():
-        st = torch.load(state_path, map_location="cpu", weights_only=True)
-        net.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["lr_scheduler"])
-        gen.set_state(st["generator"])
-        torch.set_rng_state(st["torch_rng"])
-        losses = [float(v) for v in st["losses"]]
-        first = int(st["step"]) + 1
+        done, losses = _load_training_state(state_path, net, None, opt, gen, lr_scheduler=sched)
+        first = done + 1
     bar = tqdm(range(first, steps + 1), desc=f"train {bed or 'user-data'} time predictor", disable=not progress, mininterval=5,
                initial=first - 1, total=steps)
     for step in bar:

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from .nets.checkpoint import CheckpointError, write_json_atomic
 from .nets.prompt_table import PromptTable
-from .train import _data_sampler, _save_training_state
+from .train import _data_sampler, _ema_update, _load_training_state, _save_training_state
 
 __all__ = [
     "train_autoencoder",
@@ -98,23 +98,6 @@ def _check_positive(**kw) -> None:
     for k, v in kw.items():
         if not v > 0:
             raise ValueError(f"{k}: expected a positive value, got {v}")
-
-
-def _ema_update(ema: nn.Module, model: nn.Module, step: int, ema_decay: float) -> None:
-    decay = min(ema_decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.lerp_(pm, 1 - decay)
-
-
-def _load_training_state(path: Path, model: nn.Module, ema: nn.Module, opt, gen: torch.Generator) -> tuple[int, list[float]]:
-    st = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(st["model"])
-    ema.load_state_dict(st["ema"])
-    opt.load_state_dict(st["optimizer"])
-    gen.set_state(st["generator"])
-    torch.set_rng_state(st["torch_rng"])
-    return int(st["step"]), [float(v) for v in st["losses"]]
 
 
 @torch.no_grad()
