@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--labels", default=None, metavar="FILE",
                     help="--data: class labels, one per image in the data's order (sorted file names): a .pt/.npy vector of integers "
                          "or a text file with one integer per line; not needed when the --data folder has one subfolder per class")
+    tc.add_argument("--save-every", type=int, default=0, help="write the resumable training state every this many steps (0: never)")
+    tc.add_argument("--resume", action="store_true", help="continue from OUT/training-state.pt when it exists")
     tp = trs.add_parser("time-predictor", help="a time predictor p(t|x) for Temporal Alignment Guidance", formatter_class=fmt,
                         description="Train a time classifier over the T training steps of a bed's diffusion schedule (TimeCNN for images, TimeMLP for gmm2d).")
     tp.add_argument("--bed", default=None, choices=["gmm2d", "digits", "shapes"], help="test bed (or --data with --model)")
@@ -369,7 +371,7 @@ def _train(args, argv: list[str], progress: bool) -> int:
         if user is not None:
             data["labels"], data["classes"] = _user_labels(args, user)
         out = train_classifier(args.bed, args.role, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                               command=cmd, progress=progress, **data)
+                               command=cmd, progress=progress, save_every=args.save_every, resume=args.resume, **data)
     if user is not None:
         _print_heldout(out)
     print(f"saved {out}")

@@ -202,6 +202,22 @@ def test_train_classifier_on_class_subfolders(tmp_path, capsys):
     assert "held-out: accuracy" in capsys.readouterr().out
 
 
+def test_a_classifier_on_user_data_resumes_to_the_same_weights(tmp_path):
+    from onmanifold.nets.checkpoint import load_network
+
+    for k in range(2):
+        write_image_folder(torch.full((6, 1, 8, 8), 0.8 * k - 0.4), tmp_path / "data" / f"class{k}")
+    base = ["train", "classifier", "--data", str(tmp_path / "data"), "--role", "guidance", "--steps", "4", "--batch-size", "4", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--save-every", "2", "--seed", "5"]) == 0
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "training-state.pt").write_bytes((tmp_path / "a" / "training-state.pt").read_bytes())  # seed 5's state at step 2
+    assert main(base + ["--out", str(tmp_path / "b"), "--resume"]) == 0  # default seed: only the state can make it equal a
+    assert main(base + ["--out", str(tmp_path / "c")]) == 0
+    a, b, c = (load_network(tmp_path / d).state_dict() for d in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
+    assert main(base + ["--out", str(tmp_path / "d"), "--save-every", "-1"]) == 2
+
+
 def test_a_time_predictor_is_bound_to_its_model_and_resumes_to_the_same_weights(tmp_path, capsys):
     from onmanifold.temporal import load_time_predictor
 
