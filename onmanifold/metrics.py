@@ -20,6 +20,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 __all__ = [
     "frechet_distance",
+    "FrechetReference",
     "classifier_features",
     "fd_in_features",
     "precision_recall",
@@ -153,6 +154,43 @@ def frechet_distance(feats_a: ArrayLike, feats_b: ArrayLike) -> float:
 
     fd = float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean))
     return fd
+
+
+class FrechetReference:
+    """The Fréchet distance of many feature sets to one fixed reference set, fast (bootstraps, sweeps).
+
+    The same distance as :func:`frechet_distance` ``(feats, reference)``, computed as
+
+    .. math::
+        \\operatorname{tr}\\,(S_a S_b)^{1/2} = \\sum_i \\sqrt{\\lambda_i\\big(S_b^{1/2} S_a S_b^{1/2}\\big)}
+
+    (the eigenvalues of ``S_a S_b`` are those of the symmetric ``S_b^{1/2} S_a S_b^{1/2}``), with
+    ``S_b^{1/2}`` computed once: one symmetric eigendecomposition per call instead of a general matrix
+    square root. Eigenvalues below zero by rounding are taken as zero. Agrees with
+    :func:`frechet_distance` to about 1e-9 relative (a test pins it).
+
+    Args:
+        reference: ``(n_b, d)`` reference features, ``n_b >= 2``.
+    """
+
+    def __init__(self, reference: ArrayLike) -> None:
+        b = _points("reference", reference, min_rows=2)
+        self.dim = b.shape[1]
+        self.mean = b.mean(axis=0)
+        cov = np.atleast_2d(np.cov(b, rowvar=False))
+        self.trace = float(np.trace(cov))
+        w, v = np.linalg.eigh(cov)
+        self.cov_sqrt = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+    def __call__(self, feats: ArrayLike) -> float:
+        """``FD(feats, reference)``; ``feats``: ``(n_a, d)``, ``n_a >= 2``."""
+        a = _points("feats", feats, min_rows=2)
+        if a.shape[1] != self.dim:
+            raise ValueError(f"feats: expected {self.dim} features per row (the reference's), got {a.shape[1]}")
+        diff = a.mean(axis=0) - self.mean
+        cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+        lam = np.linalg.eigvalsh(self.cov_sqrt @ cov_a @ self.cov_sqrt)
+        return float(diff @ diff + np.trace(cov_a) + self.trace - 2.0 * np.sqrt(np.clip(lam, 0.0, None)).sum())
 
 
 def classifier_features(classifier: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -411,3 +411,15 @@ def test_bad_input_raises_value_error_naming_argument(fn, name):
     # `name` is a regex anchored at the message start: the message must begin with the argument name(s).
     with pytest.raises(ValueError, match=name):
         fn()
+
+
+def test_frechet_reference_equals_frechet_distance():
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.randn(300, 12, generator=gen, dtype=torch.float64) @ torch.randn(12, 12, generator=gen, dtype=torch.float64)
+    fast = metrics.FrechetReference(ref)
+    for feats in (ref[:40], ref[100:160] + 0.3, torch.randn(80, 12, generator=gen, dtype=torch.float64)):
+        assert fast(feats) == pytest.approx(metrics.frechet_distance(feats, ref), rel=1e-8, abs=1e-10)
+    with pytest.raises(ValueError, match="feats: expected 12 features"):
+        fast(torch.zeros(5, 11))
+    with pytest.raises(ValueError, match="reference"):
+        metrics.FrechetReference(torch.zeros(1, 12))
