@@ -318,6 +318,37 @@ class StepState:
             x0 = self.x0_from_eps(xg, eps, t, clamp=None if getattr(loss_fn, "clamp_x0", True) is not False else False)
             return self._loss_and_gradient(loss_fn, x0, xg, retain_graph=False)
 
+    def take_plain_step(self) -> None:
+        """``x_prev = mu + noise_std z`` with a fresh ``z`` from the per-sample generators (``noise``), or ``mu`` when
+        ``sigma = 0``: what the loop does after the ``after_model`` point."""
+        if self.sigma > 0:
+            self.noise = self.rng.randn(self.x_t.shape[1:], dtype=self.x_t.dtype)
+            self.x_prev = self.mu + self.noise_std * self.noise
+        else:
+            self.x_prev = self.mu
+
+    def reenter(self, x_t: torch.Tensor, grad: bool) -> None:
+        """Take the step again from a new entering state ``x_t`` (time travel, docs/methods/dsg.md#D20).
+
+        The network is called at ``x_t`` (in a gradient island when ``grad``), ``eps``/``x0_hat``/``eps_hat``/``mu``
+        and the plain step ``x_prev`` (:meth:`take_plain_step`, a fresh ``z``) are replaced, and this step's
+        cached loss gradients are dropped. Same time, coefficients and per-sample times as the step.
+        The ``before_model`` and ``after_model`` points are not run again.
+        """
+        self._cache.clear()
+        self.x_t = x_t.detach()
+        if grad:
+            with torch.enable_grad():
+                self.x_t_graph = self.x_t.detach().requires_grad_(True)
+                self.sampler._model_call(self.model, self, self.x_t_graph, self.cond)
+        else:
+            self.x_t_graph = None
+            self.sampler._model_call(self.model, self, self.x_t, self.cond)
+        if not torch.isfinite(self.eps).all():
+            raise FloatingPointError(f"model returned NaN/Inf at step {self.position} of {self.num_steps} (t={self.t}, time travel) "
+                                     f"for samples {_bad(self.eps, self.sample_indices)}")
+        self.take_plain_step()
+
     def set_eps(self, eps: torch.Tensor) -> None:
         """Replace ``eps`` and recompute ``x0_hat``, ``eps_hat`` and ``mu`` from it.
 
@@ -813,11 +844,7 @@ class DDIMSampler:
                     )
                 for p in plugins:
                     p.after_model(state)
-                if state.sigma > 0:
-                    state.noise = rng.randn(x.shape[1:], dtype=x.dtype)
-                    state.x_prev = state.mu + state.noise_std * state.noise
-                else:
-                    state.x_prev = state.mu
+                state.take_plain_step()
                 for p in plugins:
                     p.update(state)
                 state.x_prev = state.x_prev.detach()
