@@ -181,7 +181,7 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
             bed, task, steps = s["bed"], s["task"], s["steps"]
             split = "val" if m.endswith("-val") else "test"
             seed = 100 if split == "val" else 0
-            loss, truth, labels, _ = inverse_problem(bed, task, split, s["n"], seed)
+            loss, truth, labels, y = inverse_problem(bed, task, split, s["n"], seed)
             if m == "dps-val":
                 from onmanifold.metrics import psnr
 
@@ -209,7 +209,8 @@ def dsg_suite(quick: bool = False, run_dir: str | Path = "runs/dsg") -> Suite:
                 x, sec = guided_run(loaded(bed), "dsg", loss, steps, s["n"], seed, g_r=s["g_r"], k=s["k"])
                 out = {}
             out.update(_inverse_metrics(bed, x, truth, labels, sec))
-            save_tensors_atomic(_artifact(run_dir, cell), {"x": x[:16], "truth": truth[:16]})
+            # the first 16 samples, truths and measurements: the report's measurement / truth / samples figure (onmanifold_bench/figures.py)
+            save_tensors_atomic(_artifact(run_dir, cell), {"x": x[:16], "truth": truth[:16], "y": y[:16]})
             return out
         if m in ("label-dps-val", "label-dsg-val", "label-none", "label-dps", "label-dsg"):
             n = s["n"]

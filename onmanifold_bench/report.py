@@ -9,9 +9,15 @@ A run directory is what ``onmanifold bench`` (``runs/<suite>``: ``cells/*.json``
    ``--results-dir`` pointed there), rendered;
 3. the finished benchmark cells (``cells/*.json``): one table per method, settings and scalar
    metrics, rows sorted by their settings (numbers as numbers), with the ``n`` each cell ran with;
-4. every PNG figure under the directory, inlined as a ``data:`` URI so the page travels alone, with
-   the caption stored in the PNG (:func:`onmanifold.images.read_caption`) saying what it shows;
-5. what was left out and why (a corrupt cell, a link to a file outside the run directory).
+4. for each method the figure a reader wants, drawn from the run's records and saved samples into
+   ``figures/methods/`` (:mod:`onmanifold_bench.figures`: DSG/DPS measurement, truth and samples side
+   by side; TAG's toy scatter before and after and its time-gap curves; ASCED's samples with the
+   detected and the ground-truth masks overlaid, before and after correction), with a note for each
+   one whose data the run does not hold;
+5. every PNG figure under the directory (the methods' first), inlined as a ``data:`` URI so the page
+   travels alone, with the caption stored in the PNG (:func:`onmanifold.images.read_caption`) saying
+   what it shows;
+6. what was left out and why (a corrupt cell, a link to a file outside the run directory).
 
 Safe to share: the page runs no script and loads nothing. Every name, setting and value is escaped;
 markdown is rendered with raw HTML turned into text and links limited to http(s), mailto and relative
@@ -248,9 +254,9 @@ def _settings_section(files: _RunFiles) -> str:
     return "\n".join(out + [""])
 
 
-def _cell_tables(files: _RunFiles) -> str:
-    """Markdown tables of the finished cells, one per method (scalar metrics only), rows sorted by setting."""
-    by_method: dict[str, list[dict]] = {}
+def _finished_records(files: _RunFiles) -> list[dict]:
+    """The run's finished cell records (``cells/*.json``); a file that is not one is listed as left out."""
+    out = []
     cells_dir = files.run_dir / "cells"
     names = sorted(p.name for p in cells_dir.glob("*.json")) if cells_dir.is_dir() else []
     for name in names:
@@ -264,7 +270,15 @@ def _cell_tables(files: _RunFiles) -> str:
         except (KeyError, TypeError) as e:
             files.left_out.append((f"cells/{name}", f"not a finished cell record ({type(e).__name__}: {str(e)[:60]})"))
             continue
-        by_method.setdefault(method, []).append(rec)
+        out.append(rec)
+    return out
+
+
+def _cell_tables(records: list[dict]) -> str:
+    """Markdown tables of the finished cells, one per method (scalar metrics only), rows sorted by setting."""
+    by_method: dict[str, list[dict]] = {}
+    for rec in records:
+        by_method.setdefault(str(rec["cell"]["method"]), []).append(rec)
     if not by_method:
         return ""
     total = sum(len(v) for v in by_method.values())
@@ -285,6 +299,44 @@ def _cell_tables(files: _RunFiles) -> str:
             row = [r["cell"]["setting"].get(k, "") for k in skeys] + [r["metrics"].get(k, "") for k in mkeys] + [r.get("seconds", "")]
             out.append("| " + " | ".join(markdown_text(_fmt(v)) for v in row) + " |")
         out.append("")
+    return "\n".join(out)
+
+
+_METHOD_FIGURES = Path("figures") / "methods"
+
+
+def _method_figures(files: _RunFiles, records: list[dict]) -> str:
+    """Draw each method's figure from the run's records and saved samples into ``figures/methods/``
+    (:func:`onmanifold_bench.figures.method_figures`); markdown notes on the figures that could not be drawn."""
+    if not records:
+        return ""
+    from .figures import method_figures
+
+    def artifact(rec: dict) -> Path | None:
+        from .runner import Cell
+
+        try:
+            relative = Path("artifacts") / f"{Cell.from_description(rec['cell']).key}.pt"
+        except ValueError:
+            return None
+        if not (files.run_dir / relative).exists():
+            return None
+        return files.inside(relative, relative.as_posix())  # a symlink out of the run directory is refused (and listed)
+
+    def measurement(bed: str, task: str, n: int):
+        from .dsg import inverse_problem
+
+        return inverse_problem(bed, task, "test", n, 0)[3]
+
+    made, notes = method_figures(records, artifact, files.run_dir / _METHOD_FIGURES, measurement)
+    if not made and not notes:
+        return ""
+    out = ["## Method figures", ""]
+    if made:
+        out += [f"Drawn from this run's saved samples into {markdown_text(_METHOD_FIGURES.as_posix())}/ (shown first under Figures): "
+                + ", ".join(markdown_text(p.name) for p, _ in made) + ".", ""]
+    if notes:
+        out += ["Not drawn, for want of data:", ""] + [f"- {markdown_text(n)}" for n in notes] + [""]
     return "\n".join(out)
 
 
@@ -311,12 +363,15 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
         if p is not None:
             texts.append(p.read_text(encoding="utf-8", errors="replace").strip())
     settings = _settings_section(files)
-    cells = _cell_tables(files)
+    records = _finished_records(files)
+    cells = _cell_tables(records)
+    method_notes = _method_figures(files, records)
     linked = set()
     for text in texts:
         for m in re.finditer(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)", text):
             linked.add(os.path.normpath(unquote(html.unescape(m.group(1)))))
     figures = [f for f in files.walk(".png") if os.path.normpath(f.as_posix()) not in linked]
+    figures.sort(key=lambda f: f.parent != _METHOD_FIGURES)  # the methods' figures first
     if len(figures) > _MAX_FIGURES:
         files.left_out += [(f.as_posix(), f"more than {_MAX_FIGURES} figures; the first {_MAX_FIGURES} are shown") for f in figures[_MAX_FIGURES:]]
         figures = figures[:_MAX_FIGURES]
@@ -327,8 +382,8 @@ def write_report(run_dir: str | os.PathLike, title: str | None = None) -> tuple[
 
     written = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     head = [f"# {markdown_text(title)}", "", f"Written {written} from {markdown_text(run_dir)}.", ""]
-    body_md = ([settings] if settings else []) + [t + "\n" for t in texts] + ([cells] if cells else [])
-    safe_md = ([settings] if settings else []) + [_defang_markdown(t) + "\n" for t in texts] + ([cells] if cells else [])
+    body_md = ([settings] if settings else []) + [t + "\n" for t in texts] + ([cells] if cells else []) + ([method_notes] if method_notes else [])
+    safe_md = ([settings] if settings else []) + [_defang_markdown(t) + "\n" for t in texts] + ([cells] if cells else []) + ([method_notes] if method_notes else [])
     captions = [(f, p, _figure_caption(p, f)) for f, p in shown]
     md_figures = []
     if captions:

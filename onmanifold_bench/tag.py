@@ -149,7 +149,13 @@ def tag_suite(quick: bool = False, run_dir: str | Path = "runs/tag") -> Suite:
         if m == "tls-cosine":
             return _tls_cosine(predictor("gmm2d-time"), loaded("gmm2d"), s["n"])
         if m in ("toy-val", "toy"):
-            return _toy_cell(m, s, loaded("gmm2d"), predictor("gmm2d-time"), records)
+            kept: dict = {}
+            out = _toy_cell(m, s, loaded("gmm2d"), predictor("gmm2d-time"), records, kept)
+            if m == "toy":  # the samples (2000 x 2 floats): the report's before/after scatter (onmanifold_bench/figures.py)
+                p = run_dir / "artifacts" / f"{cell.key}.pt"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                save_tensors_atomic(p, {"x": kept["x"]})
+            return out
         if m in ("corrupt-val", "corrupt"):
             return _corrupt_cell(m, s, loaded("digits"), predictor("digits-time"), records, run_dir, cell)
         if m in ("fewstep-val", "fewstep"):
@@ -200,7 +206,7 @@ def _tls_cosine(phi, loaded, n) -> dict:
     return {"rows": rows, "cosine_mean": sum(r["cosine_mean"] for r in rows) / len(rows)}
 
 
-def _toy_cell(m, s, loaded, phi_learned, records) -> dict:
+def _toy_cell(m, s, loaded, phi_learned, records, samples_out: dict | None = None) -> dict:
     from onmanifold.data.gmm2d import GMM2D_MEANS
     from onmanifold.metrics import wasserstein1_exact
     from onmanifold.model import GaussianMixtureModel
@@ -226,6 +232,8 @@ def _toy_cell(m, s, loaded, phi_learned, records) -> dict:
         plugins.append(TemporalAlignmentGuidance(phis[which], w))
         out["omega0"] = w
     x, sec = _sample(toy, plugins, 100, s["n"], seed=seed, eta=1.0, batch_size=s["n"])
+    if samples_out is not None:
+        samples_out["x"] = x
     ref = get_testbed("gmm2d").images(f"reference-{seed}", s["n"])[0]
     out.update({"w1": wasserstein1_exact(x, ref), "tg": rec.mean(), "tg_exact": rec_exact.mean(), "s_per_sample": per_sample(sec, s["n"])})
     return out

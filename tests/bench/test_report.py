@@ -202,3 +202,72 @@ def test_browser_runs_nothing_from_the_run_directory(tmp_path):
         assert "Benchmark cells" in dom  # the page was rendered
         assert f"<{MARK}" not in dom.lower()
         _assert_inert(dom)
+
+
+# ------------------------------------------------------------------------------------------ the methods' figures
+def _method_run_dir(tmp_path, with_samples: bool):
+    """A run directory with the finished cells of each method (DSG/DPS, TAG toy and corrupt, ASCED) and, if asked, their samples."""
+    import torch
+
+    from onmanifold.io import save_tensors_atomic
+    from onmanifold_bench.runner import Cell
+
+    run = tmp_path / ("run" if with_samples else "imported")
+    (run / "cells").mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+
+    def cell(method, setting, metrics, samples=None, shard=0):
+        c = Cell(method, setting, shard, ())
+        (run / "cells" / f"{c.key}.json").write_text(json.dumps({"cell": c.describe(), "metrics": metrics, "seconds": 1.0, "finished_at": "x"}))
+        if with_samples and samples is not None:
+            save_tensors_atomic(run / "artifacts" / f"{c.key}.pt", samples)
+
+    def img(n, size):
+        return torch.rand(n, 1, size, size, generator=g) * 2 - 1
+
+    box = {"bed": "digits", "task": "box", "steps": 100, "n": 16}
+    cell("dps", box, {"zeta": 1.0, "psnr": 20.0}, {"x": img(16, 8), "truth": img(16, 8), "y": img(16, 8)})
+    cell("dsg", {**box, "k": 1, "g_r": 0.2}, {"psnr": 21.0}, {"x": img(16, 8), "truth": img(16, 8), "y": img(16, 8)})
+    for v in ("clean", "drift", "tag-learned"):
+        cell("toy", {"eps": "mlp", "variant": v, "seed": 0, "n": 50}, {"w1": 1.0, "omega0": 1.0}, {"x": torch.randn(50, 2, generator=g)})
+    curve = [{"t": t, "mean": 10.0 + t / 10} for t in range(0, 1000, 20)]
+    for v in ("none", "pre"):
+        cell("corrupt", {"sigma": 0.2, "variant": v, "n": 32}, {"tg": 50.0, "tg_curve": curve})
+    flagged = torch.tensor([True, True, False, False, True, False])
+    masks = torch.zeros(6, 32, 32, dtype=torch.bool)
+    masks[:, 4:10, 4:10] = True
+    for m in ("original", "asced"):
+        cell(m, {"bed": "shapes", "tc_frac": 0.48, "n": 6}, {"gt_rate": 0.5},
+             {"x": img(6, 32), "flagged": flagged, "gt_has": torch.tensor([True, False, True, False, True, False]), "gt_mask": masks,
+              "correction_mask": masks, "mask": masks}, shard=0)
+    return run
+
+
+def test_report_draws_each_methods_figure_with_a_caption(tmp_path):
+    from onmanifold.images import read_caption
+
+    run = _method_run_dir(tmp_path, with_samples=True)
+    html_path, md_path = write_report(run)
+    figs = run / "figures" / "methods"
+    expected = {"dsg_digits_box_100.png": "measurement y", "tag_toy_scatter.png": "before", "tag_time_gap_curves.png": "time-gap curves",
+                "asced_overlay_shapes.png": "ground-truth artifact mask G in green"}
+    for name, words in expected.items():
+        caption = read_caption(figs / name)
+        assert caption and words in caption, (name, caption)
+    page, md = html_path.read_text(), md_path.read_text()
+    assert "Not drawn" not in md
+    assert page.index("Figure 1 (figures/methods/") < page.index("Figure 4 (figures/methods/")  # the methods' figures come first
+    assert page.count("<figcaption>Figure ") == len(expected)
+    assert "the first 10 of the 16 test images" in read_caption(figs / "dsg_digits_box_100.png")  # n as run
+    _assert_inert(page)
+
+
+def test_report_without_the_samples_says_which_figures_it_could_not_draw(tmp_path):
+    run = _method_run_dir(tmp_path, with_samples=False)
+    html_path, md_path = write_report(run)
+    md = md_path.read_text()
+    assert "Not drawn, for want of data" in md
+    for what in ("DSG/DPS figure (digits box, 100 steps)", "TAG toy figure", "ASCED figure"):
+        assert what in md
+    assert "recompute that cell to draw it" in md
+    assert (run / "figures" / "methods" / "tag_time_gap_curves.png").is_file()  # drawn from the records alone
