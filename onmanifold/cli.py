@@ -174,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--zeta", type=float, default=None, help="--method dps: the step size (default: 1.0)")
     sp.add_argument("--guidance-rate", type=float, default=None, help="--method dsg: the guidance rate g_r in [0, 1] (default: 0.2)")
     sp.add_argument("--interval", type=int, default=None, help="--method dsg: guide every k-th step (default: 1)")
+    sp.add_argument("--guidance-window", default=None, metavar="T_LO,T_HI",
+                    help="--method dps/dsg: guide only the steps whose training time t lies in [T_LO, T_HI] (default: every step; "
+                         "a window that guides no step is refused)")
+    sp.add_argument("--time-travel", type=int, default=None, metavar="R",
+                    help="--method dps/dsg: take every guided step R times, re-noising its output back to t in between (default: 1, none)")
+    sp.add_argument("--prompt", default=None, metavar="TEXT",
+                    help="latent models with a prompt table or text encoder: the prompt of every sample (default: the empty prompt, "
+                         "the unconditional model)")
+    sp.add_argument("--guidance-scale", type=float, default=None, metavar="S",
+                    help="classifier-free guidance scale s >= 0 (eps = e_u + s (e_c - e_u), e_u at the empty prompt; needs a model "
+                         "with prompts; default: none, the conditional model as is)")
     sp.add_argument("--time-predictor", default=None, metavar="FOLDER",
                     help="--method tag: a time predictor trained for this model (`onmanifold train time-predictor --model MODEL ...`); "
                          "default: the bundled model's own; one bound to another model is refused")

@@ -50,7 +50,8 @@ _BUILD_ORDER = ("asced", "tag", "dsg", "dps")  # the order that keeps every move
 _GUIDANCE = ("dps", "dsg")
 
 # which options each method / task uses (given anywhere else, they are refused)
-_METHOD_OPTIONS = {"zeta": ("dps",), "guidance_rate": ("dsg",), "interval": ("dsg",), "omega0": ("tag",), "time_predictor": ("tag",),
+_METHOD_OPTIONS = {"zeta": ("dps",), "guidance_rate": ("dsg",), "interval": ("dsg",), "guidance_window": ("dps", "dsg"),
+                   "time_travel": ("dps", "dsg"), "omega0": ("tag",), "time_predictor": ("tag",),
                    "asced_k": ("asced",), "asced_td_frac": ("asced",), "asced_tc_frac": ("asced",), "asced_dilation": ("asced",),
                    "asced_correction": ("asced",)}
 _MEASUREMENT_TASKS = ("box", "random", "sr", "blur")
@@ -98,6 +99,18 @@ def parse_operator(text: str, masks=None):
             raise
         raise ValueError(f"--operator: {text!r}: {e}") from e
     raise ValueError(f"--operator: expected inpaint, sr:FACTOR or blur:SIGMA,SIZE, got {text!r}")
+
+
+def parse_guidance_window(text: str | None) -> tuple[int, int] | None:
+    """``"T_LO,T_HI"`` -> ``(t_lo, t_hi)`` (checked by the plugins, docs/methods/dsg.md#D19); ``ValueError`` naming ``--guidance-window``."""
+    if text is None:
+        return None
+    parts = str(text).split(",")
+    try:
+        lo, hi = (int(p.strip()) for p in parts)
+    except ValueError:
+        raise ValueError(f"--guidance-window: expected T_LO,T_HI (two integer training times), got {text!r}") from None
+    return lo, hi
 
 
 def check_sample_options(args) -> tuple[str, ...]:
@@ -148,6 +161,18 @@ def check_sample_options(args) -> tuple[str, ...]:
         raise ValueError("--sigma-y: --measurement gives y as measured; sigma_y only simulates y from --images")
     if args.omega0 is not None and not (math.isfinite(args.omega0) and args.omega0 >= 0):
         raise ValueError(f"--omega0: expected a finite strength >= 0, got {args.omega0}")
+    window = parse_guidance_window(getattr(args, "guidance_window", None))
+    if window is not None:
+        from .guidance.steps import check_guidance_window
+
+        check_guidance_window(window)
+    if getattr(args, "time_travel", None) is not None:
+        from .guidance.steps import check_time_travel
+
+        check_time_travel(args.time_travel)
+    scale = getattr(args, "guidance_scale", None)
+    if scale is not None and not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(f"--guidance-scale: expected a finite scale >= 0, got {scale}")
     return methods
 
 
@@ -182,7 +207,7 @@ def _ground_truth(args, loaded, bed: str | None, n: int, shape: tuple[int, ...])
         if truth.shape[0] < n:
             raise ValueError(f"--images: has {truth.shape[0]} images, fewer than --num-samples {n}")
         return truth[:n].float()
-    if bed not in ("digits", "shapes", "mosaic"):
+    if bed not in ("digits", "shapes", "shapes-latent", "mosaic"):
         raise ValueError("--images: a model folder of unknown data needs ground-truth images to measure")
     truth = get_testbed(bed).images("test", n)[0]
     if truth.shape[0] < n:
@@ -231,7 +256,7 @@ def guidance_setup(args, loaded, bed: str | None, n: int):
         raise ValueError(f"--task: guidance problems need an image model, got sample shape {loaded.sample_shape}")
     y = truth = None
     if args.task == "label":
-        if bed not in ("digits", "shapes"):
+        if bed not in ("digits", "shapes", "shapes-latent"):
             raise ValueError("--task label: needs a bundled guidance classifier (digits or shapes models)")
         from .evaluate import guidance_classifier
 
@@ -240,6 +265,8 @@ def guidance_setup(args, loaded, bed: str | None, n: int):
             raise ValueError(f"--target: the {bed} guidance classifier has classes 0 .. {ncls - 1}, got {args.target}")
         target = torch.full((n,), args.target) if args.target is not None else torch.arange(n) % ncls
         loss = ClassifierLoss(guidance_classifier(bed), target)
+        if get_testbed(bed).data_shape != tuple(loaded.sample_shape):  # a latent bed: the classifier sees the decoded images
+            loss = DecodedLoss(loss, loaded.decode)
     elif args.task is not None:
         task_bed = bed if bed is not None and args.task in get_testbed(bed).tasks else None
         if task_bed is None:
@@ -247,10 +274,13 @@ def guidance_setup(args, loaded, bed: str | None, n: int):
         if task_bed is None:
             raise ValueError(f"--task: the bundled {args.task} problems are for the test beds' sizes; for samples of shape "
                              f"{tuple(loaded.sample_shape)} give --operator (with --mask for inpainting)")
-        truth = _ground_truth(args, loaded, bed, n, tuple(loaded.sample_shape))
+        data_shape = get_testbed(task_bed).data_shape
+        truth = _ground_truth(args, loaded, bed, n, data_shape)
         op = get_testbed(task_bed).make_task(args.task, n, seed=args.seed)
         y = make_measurements(op, truth, _option(args, "sigma_y"), seed=args.seed)
         loss = MeasurementLoss(op, y)
+        if data_shape != tuple(loaded.sample_shape):  # a latent bed: the measurement is of the decoded images
+            loss = DecodedLoss(loss, loaded.decode)
     else:
         from .userdata import model_image_shape
 
@@ -271,10 +301,12 @@ def guidance_setup(args, loaded, bed: str | None, n: int):
         loss = MeasurementLoss(op, y)
         if tuple(shape) != tuple(loaded.sample_shape):
             loss = DecodedLoss(loss, loaded.decode)
+    schedule_options = {"guidance_window": parse_guidance_window(getattr(args, "guidance_window", None)),
+                        "time_travel": getattr(args, "time_travel", None) or 1}  # docs/methods/dsg.md#D19, #D20
     if guided[0] == "dps":
-        plugin = DiffusionPosteriorSampling(loss, _option(args, "zeta"))
+        plugin = DiffusionPosteriorSampling(loss, _option(args, "zeta"), **schedule_options)
     else:
-        plugin = SphericalGaussianGuidance(loss, _option(args, "guidance_rate"), _option(args, "interval"))
+        plugin = SphericalGaussianGuidance(loss, _option(args, "guidance_rate"), _option(args, "interval"), **schedule_options)
     return plugin, loss, y, truth
 
 
@@ -434,6 +466,28 @@ def _per_sample_outputs(outputs, x, images, truth, asced, run: str) -> list[dict
     return rows
 
 
+def _prompt_and_cfg(args, loaded, model):
+    """``(cond, model)``: the prompt embeddings of ``--prompt`` (default: the empty prompt) for a model with prompts, and the
+    model wrapped in classifier-free guidance with ``--guidance-scale`` (the empty prompt as the unconditional input)."""
+    encode = getattr(loaded.model, "encode_prompt", None)
+    has_prompts = encode is not None and getattr(loaded.model, "prompt_encoder", None) is not None
+    if not has_prompts:
+        for flag, value in (("--prompt", args.prompt), ("--guidance-scale", args.guidance_scale)):
+            if value is not None:
+                raise ValueError(f"{flag}: {args.model} takes no prompts (only latent models with a prompt table or a text encoder do)")
+        return None, model
+    from .model import ClassifierFreeGuidance
+
+    try:
+        cond = encode([args.prompt or ""])
+    except ValueError as e:
+        raise ValueError(f"--prompt: {str(e).split(': ', 1)[-1]}") from e
+    cond = cond.expand(args.num_samples, *cond.shape[1:])
+    if args.guidance_scale is None:
+        return cond, model
+    return cond, ClassifierFreeGuidance(model, args.guidance_scale, encode([""]))
+
+
 def run_sample(args, progress: bool) -> int:
     import torch
 
@@ -469,9 +523,10 @@ def run_sample(args, progress: bool) -> int:
     if guidance is not None:
         plugins.append(guidance)
     model = loaded.model if (device.type == "cpu" and dtype == torch.float32) else _NetworkOn(loaded.model, device, dtype)
+    cond, guided_model = _prompt_and_cfg(args, loaded, model)
     with output_dir(args.out, "--out", need_bytes=result_bytes * 3 + (4 << 20)) as out:  # the tensor, PNGs, masks and the manifest
-        x = sampler.sample(model, shape=loaded.sample_shape, num_samples=args.num_samples, seed=args.seed,
-                           batch_size=args.batch_size, progress=progress, plugins=plugins)
+        x = sampler.sample(guided_model, shape=loaded.sample_shape, num_samples=args.num_samples, seed=args.seed,
+                           batch_size=args.batch_size, progress=progress, plugins=plugins, cond=cond)
     latent = loaded.data_range is None and hasattr(loaded.model, "decode") and x.dim() == 4
     with torch.no_grad():
         images = (model.decode(x) if isinstance(model, _NetworkOn) else loaded.decode(x)).clamp(-1, 1) if latent else (x if x.dim() == 4 else None)
@@ -483,6 +538,10 @@ def run_sample(args, progress: bool) -> int:
         info["zeta"] = _option(args, "zeta")
     elif "dsg" in methods:
         info.update(guidance_rate=_option(args, "guidance_rate"), interval=_option(args, "interval"))
+    if guidance is not None:
+        info.update(guidance_window=guidance.guidance_window, time_travel=guidance.time_travel)
+    if cond is not None:
+        info.update(prompt=args.prompt or "", guidance_scale=args.guidance_scale)
     if y is not None:
         info["sigma_y"] = None if args.measurement is not None else _option(args, "sigma_y")
     info.update(settings)

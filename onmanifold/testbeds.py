@@ -56,8 +56,24 @@ class TestBed:
     guidance_classifier: str | None = None
     eval_classifier: str | None = None
     time_predictor: str | None = None
+    image_shape: tuple[int, ...] | None = None  # latent beds: the decoded images' shape (None: the samples are the images)
+    prompt_slots: tuple[tuple[str, ...], ...] = ()  # latent beds: the words of each prompt slot, in attribute order
 
     __test__ = False  # not a pytest class
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one image of the bed (splits, tasks, metrics): ``image_shape`` for a latent bed, else ``sample_shape``."""
+        return self.image_shape if self.image_shape is not None else self.sample_shape
+
+    def prompts(self, labels: torch.Tensor) -> list[str]:
+        """``(N, len(attributes))`` labels -> the prompts naming them (latent beds with a prompt table), e.g. ``"circle small"``."""
+        if not self.prompt_slots:
+            raise ValueError(f"bed: {self.name!r} has no prompts (only latent beds with a prompt table have)")
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 2 or labels.shape[1] != len(self.prompt_slots):
+            raise ValueError(f"labels: expected (N, {len(self.prompt_slots)}) attribute labels, got {tuple(labels.shape)}")
+        return [" ".join(self.prompt_slots[k][int(v)] for k, v in enumerate(row) if int(v) >= 0) for row in labels]
 
     def schedule(self) -> NoiseSchedule:
         """The bed's training schedule (what its bundled diffusion model was trained with)."""
@@ -136,7 +152,7 @@ def _mosaic(bed: TestBed, split: str, n: int | None):
     return sample_mosaic(bed.split_sizes.get(split, 0) if n is None else n, gen)[0], None
 
 
-_LOADERS: dict[str, Callable] = {"digits": _digits, "shapes": _shapes, "gmm2d": _gmm2d, "mosaic": _mosaic}
+_LOADERS: dict[str, Callable] = {"digits": _digits, "shapes": _shapes, "shapes-latent": _shapes, "gmm2d": _gmm2d, "mosaic": _mosaic}
 
 
 def _digits_task(bed: TestBed, task: str, n: int, seed: int):
@@ -155,9 +171,9 @@ def _shapes_task(bed: TestBed, task: str, n: int, seed: int):
     from .operators import Downsample, GaussianBlur, Inpainting, box_masks, random_masks
 
     if task == "box":
-        return Inpainting(box_masks(n, bed.sample_shape, 16, 2, seed))
+        return Inpainting(box_masks(n, bed.data_shape, 16, 2, seed))
     if task == "random":
-        return Inpainting(random_masks(n, bed.sample_shape, (0.3, 0.7), seed))
+        return Inpainting(random_masks(n, bed.data_shape, (0.3, 0.7), seed))
     if task == "sr":
         return Downsample(4)
     return GaussianBlur(1.5, 9)
@@ -175,9 +191,15 @@ def _mosaic_task(bed: TestBed, task: str, n: int, seed: int):
     return GaussianBlur(1.5, 9)
 
 
-_TASKS: dict[str, Callable] = {"digits": _digits_task, "shapes": _shapes_task, "mosaic": _mosaic_task}
+_TASKS: dict[str, Callable] = {"digits": _digits_task, "shapes": _shapes_task, "shapes-latent": _shapes_task, "mosaic": _mosaic_task}
 
 _PIXEL_SCHEDULE = {"kind": "linear", "num_train_steps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+# Stable Diffusion's scaled-linear betas (linear in sqrt(beta), 0.00085 .. 0.012, T = 1000), as the latent model's scheduler/
+# (its set_alpha_to_one false and steps_offset 1 are sampling settings, read from the folder by LoadedModel.sampler)
+_SD_SCHEDULE = {"kind": "custom", "betas": [float(v) for v in (torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2)]}
+_SHAPES_SPLITS = {"val": 555, "test": 777, "reference": 777, "floor": 778, "classifier-test": 12345,
+                  "attribute-pool": 4242, "ground-truth-check": 778}
+_SHAPES_SIZES = {"reference": 2000, "floor": 2000, "classifier-test": 1000, "attribute-pool": 6000, "ground-truth-check": 1000}
 
 TESTBEDS: dict[str, TestBed] = {
     "gmm2d": TestBed(
@@ -210,14 +232,32 @@ TESTBEDS: dict[str, TestBed] = {
         schedule_config=_PIXEL_SCHEDULE,
         attributes=("type", "size"),
         attribute_classes={"type": 3, "size": 3},
-        split_seeds={"val": 555, "test": 777, "reference": 777, "floor": 778, "classifier-test": 12345,
-                     "attribute-pool": 4242, "ground-truth-check": 778},
-        split_sizes={"reference": 2000, "floor": 2000, "classifier-test": 1000, "attribute-pool": 6000, "ground-truth-check": 1000},
+        split_seeds=dict(_SHAPES_SPLITS),
+        split_sizes=dict(_SHAPES_SIZES),
         tasks=("box", "random", "sr", "blur"),
         model="shapes-unet",
         guidance_classifier="shapes-classifier",
         eval_classifier="shapes-eval-classifier",
         time_predictor="shapes-time",
+    ),
+    # the shapes bed through the bundled latent model (Stable Diffusion layout: VAE 32x32 -> 4x8x8, a UNet2DConditionModel on
+    # a two-token prompt table "TYPE SIZE", condition dropout for classifier-free guidance): the same images, splits, seeds,
+    # attributes, tasks and classifiers as "shapes" (tasks and classifiers act on the decoded 32x32 images)
+    "shapes-latent": TestBed(
+        name="shapes-latent",
+        sample_shape=(4, 8, 8),
+        image_shape=(1, 32, 32),
+        schedule_config=_SD_SCHEDULE,
+        attributes=("type", "size"),
+        attribute_classes={"type": 3, "size": 3},
+        split_seeds=dict(_SHAPES_SPLITS),
+        split_sizes=dict(_SHAPES_SIZES),
+        tasks=("box", "random", "sr", "blur"),
+        model="shapes-latent",
+        guidance_classifier="shapes-classifier",
+        eval_classifier="shapes-eval-classifier",
+        time_predictor="shapes-latent-time",
+        prompt_slots=(("circle", "square", "triangle"), ("small", "medium", "large")),
     ),
     # 64x64 frame-filling mosaics (onmanifold.data.mosaic): 4x4 tiles, one shape on a gradient each;
     # the train stream is drawn from the training seed (train_diffusion's ``seed``, 0)
@@ -234,7 +274,7 @@ TESTBEDS: dict[str, TestBed] = {
 
 
 def get_testbed(name: str) -> TestBed:
-    """The registered test bed ``name`` ('gmm2d', 'digits', 'shapes', 'mosaic')."""
+    """The registered test bed ``name`` ('gmm2d', 'digits', 'shapes', 'shapes-latent', 'mosaic')."""
     if name not in TESTBEDS:
         raise ValueError(f"bed: expected one of {sorted(TESTBEDS)}, got {name!r}")
     return TESTBEDS[name]
