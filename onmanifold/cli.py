@@ -225,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--force", action="store_true",
                     help="write the summary and page even when they hold fewer finished records than RESULTS_DIR/SUITE.json "
                          "(by default such a run refuses, so committed results are never lost)")
+    bp.add_argument("--measure-spread", action="store_true",
+                    help="instead of the cells: run the suite's representative cells four times (eps x (1 +- 1e-6), 1 vs 2 threads) and "
+                         "write each (method, metric) rounding spread to docs/results/precision.json and .md (the pages print each metric "
+                         "to the decimals it holds; resumable: runs/precision/SUITE.json)")
 
     # ---------------------------------------------------------------- report
     rp = sub.add_parser("report", help="one self-contained HTML page + a markdown summary for a run directory", formatter_class=fmt,

@@ -154,6 +154,14 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         return 0
     if args.suite not in suites:
         raise SystemExit(f"suite: expected one of {', '.join(suites)}, got {args.suite!r}")
+    if getattr(args, "measure_spread", False):
+        from .precision import measure_suite_spread
+
+        if args.only or args.exclude or args.import_results or args.quick:
+            raise ValueError("--measure-spread: runs the suite's fixed representative cells; it takes no --only, --exclude, --import-results or --quick")
+        measure_suite_spread(args.suite, command=command)
+        print("wrote docs/results/precision.json and precision.md")
+        return 0
     force, no_import = bool(getattr(args, "force", False)), bool(getattr(args, "no_import", False))
     if args.import_results and no_import:
         raise ValueError("--no-import: cannot be combined with --import-results")

@@ -43,6 +43,7 @@ from .models import diffusion_model
 from .paper_numbers import ASCED as PAPER
 from .paper_numbers import TARGETS
 from .runner import Cell, Suite, finished_records
+from .tables import MetricFormat
 from .tables import format_value as _f
 from .tables import percent as _pct
 from .timing import alternating, per_sample, timed
@@ -484,6 +485,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     from onmanifold.nets.checkpoint import write_text_atomic
 
     results_dir = Path(results_dir)
+    fm = MetricFormat("asced")
     fig_dir = results_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     summ = next((r["metrics"] for r in records if r["cell"]["method"] == "summary"), None)
@@ -494,6 +496,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
          __doc__.split("\n\n", 1)[1].strip(), "",
          "Models: every shapes table uses the bundled final `shapes-unet` (5000 training steps); every digits table the "
          "bundled `digits-unet`. Raw per-cell records: `asced.json` / `asced-cells.md`.", ""]
+    note_at = len(L)  # the line on the digits goes here once every metric is formatted
     if summ is None:
         L += ["The summary cell has not run yet.", ""]
         return _write(results_dir, L, write_text_atomic)
@@ -509,6 +512,12 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
         L += ["", "For context, earlier snapshots of the same training run (local `runs/shapes-unet-snapshots/`, not shipped): " +
               ", ".join(f"{s} {_pct(r)} (n = {n})" for s, r, n in snaps) + "."]
     alt = _gt_definitions(cells, artifact_of)
+    sample_extras = _claim_extras_from_samples(cells, artifact_of)
+    kept_parts = _sample_parts(results_dir, alt, sample_extras)
+    if not alt and kept_parts.get("gt_definitions"):  # drawn by the run that held the samples: kept, not dropped
+        alt = [tuple(row) for row in kept_parts["gt_definitions"]]
+        print(f"asced report: the samples of the original cells are not in {run_dir}; the comparison of ground-truth definitions and "
+              f"the share of detected pixels on the shape are kept from {SAMPLE_PARTS} (the run that held them)")
     if alt:
         L += ["", "Why this definition: the alternatives on the same original samples and on 1000 real shapes (the shapes bed's "
               f"ground-truth-check split, seed {get_testbed('shapes').split_seeds['ground-truth-check']}):", "",
@@ -532,8 +541,8 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     for m in ("original", "asced", "state-replacement", "score-clipping", "oracle-ttc"):
         r = t[m]
         ci = r.get("delta_fd_ci")
-        L.append(f"| {m} | {_f(r['fd'], 4)} | {_delta(r)} | {_f(r['precision'])} | "
-                 f"{_f(r['recall'])} | {_pct(r['gt_rate'])} | {_pct(r.get('repair_rate'))} | {_pct(r.get('damage_rate'))} | "
+        L.append(f"| {m} | {fm(r['fd'], 'fd', None, 4)} | {_delta(r)} | {fm(r['precision'], 'precision')} | "
+                 f"{fm(r['recall'], 'recall')} | {fm.percent(r['gt_rate'], 'gt_rate')} | {_pct(r.get('repair_rate'))} | {_pct(r.get('damage_rate'))} | "
                  f"{_pct(r.get('corrected_rate', r.get('changed_rate')))} |")
     L += ["", "Score Clipping changes every sample (no mask); its 'corrected' column is the share of outputs that differ from the original. "
           "Precision is low for every method because the bundled shapes UNet's samples carry a noisy background that real shapes do not "
@@ -541,12 +550,12 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
           "every results page of the project does (an equal-count variant was not run; docs/methods/asced.md#P2).", ""]
     dg = summ["digits"]
     L += [f"## Digits (8x8, DDIM-25, {summ['main_n']} samples per method; no ground truth)", "",
-          f"Detector flag rate on original runs: {_pct(dg['flagged_rate'])}.", "",
+          f"Detector flag rate on original runs: {fm.percent(dg.get('flagged_rate'), 'flagged_rate')}.", "",
           "| method | FD | ΔFD [95 % CI] | precision | recall | corrected |", "|---|---|---|---|---|---|"]
     for m in ("original", "asced", "state-replacement", "score-clipping"):
         r = dg["table"][m]
         ci = r.get("delta_fd_ci")
-        L.append(f"| {m} | {_f(r['fd'], 4)} | {_delta(r)} | {_f(r['precision'])} | {_f(r['recall'])} | "
+        L.append(f"| {m} | {fm(r['fd'], 'fd', None, 4)} | {_delta(r)} | {fm(r['precision'], 'precision')} | {fm(r['recall'], 'recall')} | "
                  f"{_pct(r.get('corrected_rate', r.get('changed_rate')))} |")
     L += ["", "## Detection against ground truth (shapes, original runs)", "",
           "The detector's mask at n_c is the same in the original and the ASCED run of a seed (the trajectories agree up to n_c).", "",
@@ -622,16 +631,16 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     ax[1].legend(fontsize=7)
     save_figure(fig, fig_dir / "asced_tc_sweep.png")
     L += [f"## T_c sweep (shapes, first {summ['sweep_n']} seeds, n_d = 6)", "", "![tc sweep](figures/asced_tc_sweep.png)", "",
-          f"Original on the same seeds: FD {_f(so['fd'], 4)}, precision {_f(so['precision'])}, recall {_f(so['recall'])}, GT rate {_pct(so['gt_rate'])}.", "",
+          f"Original on the same seeds: FD {fm(so['fd'], 'fd', None, 4)}, precision {fm(so['precision'], 'precision')}, recall {fm(so['recall'], 'recall')}, GT rate {fm.percent(so['gt_rate'], 'gt_rate')}.", "",
           "| tc_frac | n_c | FD | precision | recall | flagged | GT rate after | repair | damage |", "|---|---|---|---|---|---|---|---|---|"]
     for r in sw:
-        L.append(f"| {r['tc_frac']} | {r['n_c']} | {_f(r['fd'], 4)} | {_f(r['precision'])} | {_f(r['recall'])} | {_pct(r['flagged_rate'])} | "
-                 f"{_pct(r['gt_rate_after'])} | {_pct(r['repair_rate'])} | {_pct(r['damage_rate'])} |")
+        L.append(f"| {r['tc_frac']} | {r['n_c']} | {fm(r['fd'], 'fd', None, 4)} | {fm(r['precision'], 'precision')} | {fm(r['recall'], 'recall')} | {fm.percent(r.get('flagged_rate'), 'flagged_rate')} | "
+                 f"{fm.percent(r['gt_rate_after'], 'gt_rate')} | {_pct(r['repair_rate'])} | {_pct(r['damage_rate'])} |")
     L += ["", f"## Ablations and controls (shapes, first {summ['sweep_n']} seeds)", "",
           "| variant | FD | precision | recall | flagged | GT rate after | repair | damage | image acc. / balanced (detector variants) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in summ["ablations"]:
         d = r.get("detection")
-        L.append(f"| {r['variant']} | {_f(r['fd'], 4)} | {_f(r['precision'])} | {_f(r['recall'])} | {_pct(r.get('flagged_rate'))} | {_pct(r['gt_rate_after'])} | "
+        L.append(f"| {r['variant']} | {fm(r['fd'], 'fd', None, 4)} | {fm(r['precision'], 'precision')} | {fm(r['recall'], 'recall')} | {fm.percent(r.get('flagged_rate'), 'flagged_rate')} | {fm.percent(r['gt_rate_after'], 'gt_rate')} | "
                  f"{_pct(r['repair_rate'])} | {_pct(r['damage_rate'])} | {'-' if d is None else _pct(d['accuracy']) + ' / ' + _pct(d['balanced_accuracy'])} |")
     L += ["", "w1: no minimum width; quantize: uint8 frames, a_min = 0 (code-faithful frames); weighted-score: w(t)s instead of x0_hat; "
           "gamma0.2: x0' + 0.2 xi; eta1: eta = 1 at n_c (whole batch); random-mask: the detected mask moved to a random place; "
@@ -642,7 +651,11 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
               f"over {len(ov['ratios'])} repeats ({', '.join(f'{v:.3f}' for v in ov['ratios'])}); target <= {TARGETS['asced_over_plain']:.2f}. Plain {1000 * ov['plain_s_per_image']:.2f} ms/image, "
               f"ASCED {1000 * ov['asced_s_per_image']:.2f} ms/image, of which {1000 * ov['plugin_s_per_image']:.2f} ms/image inside the detector + TTC "
               f"({_pct(ov['plugin_share'])} of ASCED's time). Oracle + TTC needs two sampling passes (2x) by construction.", ""]
-    L += ["## The paper's claims at our scale", ""] + _claims(summ, ov, _claim_extras(summ, records, cells, artifact_of)) + [""]
+    extras = _claim_extras(summ, records, sample_extras)
+    if "m_in_shape" not in extras and "m_in_shape" in kept_parts:
+        extras.update(m_in_shape=kept_parts["m_in_shape"], shape_share=kept_parts["shape_share"])
+    L += ["## The paper's claims at our scale", ""] + _claims(summ, ov, extras) + [""]
+    L[note_at:note_at] = [fm.note(), ""]
     return _write(results_dir, L, write_text_atomic)
 
 
@@ -679,18 +692,42 @@ def _grid_figure(cells, artifact_of, path: Path, save_rows) -> bool:
     return True
 
 
-def _claim_extras(summ: dict, records: list[dict], cells, artifact_of) -> dict:
-    """Where the detected pixels lie (on the fitted shape or not) and the peak of the flag rate inside G."""
+SAMPLE_PARTS = "asced-sample-parts.json"
+"""The page's parts that need the original cells' samples (the comparison of ground-truth definitions, the share of
+detected pixels on the shape), kept beside the page by the run that had the samples, so that a page regenerated
+from the committed summary (``--import-results``: records carry no samples) keeps them instead of dropping them."""
+
+
+def _sample_parts(results_dir: Path, alt: list, extras: dict) -> dict:
+    """Write the sample-derived parts to :data:`SAMPLE_PARTS` when this run computed them; else return the kept ones ({} if none)."""
+    import json
+
+    from onmanifold.nets.checkpoint import write_json_atomic
+
+    path = Path(results_dir) / SAMPLE_PARTS
+    if alt:
+        parts = {"gt_definitions": [list(row) for row in alt], **extras}
+        write_json_atomic(path, parts)
+        return parts
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _claim_extras_from_samples(cells, artifact_of) -> dict:
+    """Where the detected pixels lie: the share on the fitted shape, and the shape's share of the image ({} without samples)."""
     from onmanifold.data.shapes import fit_shapes
 
-    out: dict = {}
     arts = [a for a in (_main_art(cells, artifact_of, "original", "shapes", s) for s in range(8)) if a is not None]
-    if arts:
-        x = torch.cat([a["x"] for a in arts])
-        m = torch.cat([a["mask"] for a in arts])
-        shape = fit_shapes(x).image[:, 0] > -0.5  # support of the nearest valid shape
-        out["m_in_shape"] = float((m & shape).sum() / m.sum().clamp_min(1))
-        out["shape_share"] = float(shape.float().mean())
+    if not arts:
+        return {}
+    x = torch.cat([a["x"] for a in arts])
+    m = torch.cat([a["mask"] for a in arts])
+    shape = fit_shapes(x).image[:, 0] > -0.5  # support of the nearest valid shape
+    return {"m_in_shape": float((m & shape).sum() / m.sum().clamp_min(1)), "shape_share": float(shape.float().mean())}
+
+
+def _claim_extras(summ: dict, records: list[dict], sample_extras: dict) -> dict:
+    """Where the detected pixels lie (``sample_extras``: :func:`_claim_extras_from_samples`) and the peak of the flag rate inside G."""
+    out: dict = dict(sample_extras)
     cs = [r["metrics"]["curves"] for r in records if r["cell"]["method"] == "original" and r["cell"]["setting"]["bed"] == "shapes"]
     if cs:
         fin = np.sum([c["flag_in_g"] for c in cs], 0) / max(sum(c["px_in_g"] for c in cs), 1)

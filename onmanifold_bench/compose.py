@@ -21,7 +21,7 @@ from pathlib import Path
 from .dsg import inverse_problem
 from .models import diffusion_model, time_predictor
 from .runner import Cell, Suite, finished_records
-from .tables import format_value, markdown_table
+from .tables import MetricFormat, format_value, markdown_table
 from .timing import per_sample, timed
 
 __all__ = ["compose_suite", "compose_run", "COMPOSE_METHODS"]
@@ -113,13 +113,15 @@ def write_compose_report(records: list[dict], results_dir, command: str, run_dir
     from onmanifold.nets.checkpoint import write_text_atomic
 
     test = {r["cell"]["method"]: r["metrics"] for r in records if not r["cell"]["method"].startswith("val-")}
+    fm = MetricFormat("compose")
     L = ["# DSG + TAG + ASCED in one sampling run", "", __doc__.split("\n\n", 1)[1].strip(), "", "Command(s):", "", "```", command, "```", "",
          f"Date: {dt.date.today().isoformat()}", ""]
     if test:
         any_m = next(iter(test.values()))
         L += [f"Chosen on validation: DPS zeta = {any_m['chosen_zeta']:g}, DSG g_r = {any_m['chosen_g_r']:g}, TAG omega0 = {any_m['chosen_omega0']:g}.", "",
               markdown_table(["method", "PSNR", "SSIM", "FD", "GT artifact rate", "ASCED corrected", "s/sample"],
-                             [[m, *(format_value(test[m].get(k), decimals=d) for k, d in COMPOSE_COLUMNS)] for m in COMPOSE_METHODS if m in test]),
+                             [[m, *(format_value(test[m].get(k), decimals=d) if k == "s_per_sample" else fm(test[m].get(k), k, m, decimals=d)
+                                  for k, d in COMPOSE_COLUMNS)] for m in COMPOSE_METHODS if m in test]),
               ""]
         if "dsg+tag+asced" in test:
             c = test["dsg+tag+asced"]
@@ -129,14 +131,16 @@ def write_compose_report(records: list[dict], results_dir, command: str, run_dir
             L += ["## Reading", "",
                   f"- The composition runs: one loop, three plugins, no extra network call beyond TAG's predictor; it corrected "
                   f"{100 * c.get('corrected_share', 0):.0f} % of the samples at the ASCED step.",
-                  f"- Best PSNR: {best_psnr} ({test[best_psnr]['psnr']:.2f}); best FD: {best_fd} ({test[best_fd]['fd']:.3f}). "
-                  f"The composition: PSNR {c['psnr']:.2f}, FD {c['fd']:.3f}.",
+                  f"- Best PSNR: {best_psnr} ({fm(test[best_psnr]['psnr'], 'psnr', best_psnr, decimals=2)}); best FD: {best_fd} "
+                  f"({fm(test[best_fd]['fd'], 'fd', best_fd, decimals=3)}). The composition: PSNR {fm(c['psnr'], 'psnr', 'dsg+tag+asced', decimals=2)}, "
+                  f"FD {fm(c['fd'], 'fd', 'dsg+tag+asced', decimals=3)}.",
                   "- Against each method alone: " + "; ".join(
-                      f"{m}: PSNR {test[m]['psnr']:.2f}, FD {test[m]['fd']:.3f} ("
+                      f"{m}: PSNR {fm(test[m]['psnr'], 'psnr', m, decimals=2)}, FD {fm(test[m]['fd'], 'fd', m, decimals=3)} ("
                       + ("composition better on both" if c["psnr"] > test[m]["psnr"] and c["fd"] < test[m]["fd"] else
                          "composition worse on both" if c["psnr"] < test[m]["psnr"] and c["fd"] > test[m]["fd"] else "mixed") + ")"
                       for m in alone) + ".",
                   "- 128 images per method and one seed set; no confidence intervals were computed, so small differences are not established.", ""]
+        L += [fm.note(), ""]
     path = Path(results_dir) / "compose.md"
     write_text_atomic(path, "\n".join(L))
     return path

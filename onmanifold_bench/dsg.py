@@ -38,6 +38,7 @@ from .paper_numbers import TARGETS
 from .runner import Cell, Suite, finished_records
 from .runner import first_metrics as _one
 from .runner import select_records as _by
+from .tables import MetricFormat
 from .tables import format_value as _f
 from .timing import alternating, per_sample, timed
 
@@ -332,6 +333,8 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
           "compares across step counts as it stands (the raw table's `fd_n128` is the FD of the first 128). s/sample are wall times on a shared 2-core machine (other jobs ran beside the benchmark); "
           "the per-step overhead of claim (c) is measured alternately in one cell and is the reliable timing.", "",
           "Raw per-cell results (every sweep cell too): `dsg.json` / `dsg-cells.md`.", ""]
+    fm = MetricFormat("dsg")
+    note_at = len(L)  # the line on the digits goes here once every metric is formatted
     claims_a: list = []
     claims_tuned: list = []
     for bed in ("digits", "shapes"):
@@ -342,14 +345,14 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
                 if dps is None and dsg is None:
                     continue
                 k, gr = table3(task, steps)
-                rows.append(f"| {steps} | {_f((dps or {}).get('zeta'))} | {_f((dps or {}).get('psnr'), 4)} | {_f((dsg or {}).get('psnr'), 4)} | "
-                            f"{_f((dps or {}).get('ssim'))} | {_f((dsg or {}).get('ssim'))} | {_f((dps or {}).get('fd'))} | {_f((dsg or {}).get('fd'))} | "
-                            f"{_f((dps or {}).get('acc'))} | {_f((dsg or {}).get('acc'))} | {_f((dps or {}).get('s_per_sample'))} | {_f((dsg or {}).get('s_per_sample'))} | {k} / {gr} |")
+                rows.append(f"| {steps} | {_f((dps or {}).get('zeta'))} | {fm((dps or {}).get('psnr'), 'psnr', 'dps', 4)} | {fm((dsg or {}).get('psnr'), 'psnr', 'dsg', 4)} | "
+                            f"{fm((dps or {}).get('ssim'), 'ssim', 'dps')} | {fm((dsg or {}).get('ssim'), 'ssim', 'dsg')} | {fm((dps or {}).get('fd'), 'fd', 'dps')} | {fm((dsg or {}).get('fd'), 'fd', 'dsg')} | "
+                            f"{fm((dps or {}).get('acc'), 'acc', 'dps')} | {fm((dsg or {}).get('acc'), 'acc', 'dsg')} | {_f((dps or {}).get('s_per_sample'))} | {_f((dsg or {}).get('s_per_sample'))} | {k} / {gr} |")
                 tuned = _one(records, "dsg-tuned", bed=bed, task=task, steps=steps)
                 if tuned:
-                    rows.append(f"| {steps} (DSG g_r re-tuned on validation) | {_f((dps or {}).get('zeta'))} | {_f((dps or {}).get('psnr'), 4)} | {_f(tuned['psnr'], 4)} | "
-                                f"{_f((dps or {}).get('ssim'))} | {_f(tuned['ssim'])} | {_f((dps or {}).get('fd'))} | {_f(tuned['fd'])} | "
-                                f"{_f((dps or {}).get('acc'))} | {_f(tuned.get('acc'))} | {_f((dps or {}).get('s_per_sample'))} | {_f(tuned['s_per_sample'])} | {k} / {tuned['g_r']} |")
+                    rows.append(f"| {steps} (DSG g_r re-tuned on validation) | {_f((dps or {}).get('zeta'))} | {fm((dps or {}).get('psnr'), 'psnr', 'dps', 4)} | {fm(tuned['psnr'], 'psnr', 'dsg', 4)} | "
+                                f"{fm((dps or {}).get('ssim'), 'ssim', 'dps')} | {fm(tuned['ssim'], 'ssim', 'dsg')} | {fm((dps or {}).get('fd'), 'fd', 'dps')} | {fm(tuned['fd'], 'fd', 'dsg')} | "
+                                f"{fm((dps or {}).get('acc'), 'acc', 'dps')} | {fm(tuned.get('acc'), 'acc', 'dsg')} | {_f((dps or {}).get('s_per_sample'))} | {_f(tuned['s_per_sample'])} | {k} / {tuned['g_r']} |")
                 if dps and dsg:
                     claims_a.append((bed, task, steps, dsg["fd"] <= dps["fd"], dsg["psnr"] >= dps["psnr"]))
                 if dps and tuned:
@@ -401,7 +404,7 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
         for m, v in lab.items():
             if v:
                 knob = f"zeta={v['zeta']}" if "zeta" in v else (f"g_r={v['g_r']}" if "g_r" in v else "-")
-                L.append(f"| {m} | {knob} | {_f(v['acc'])} | {_f(v['fd'])} | {_f(v['s_per_sample'])} |")
+                L.append(f"| {m} | {knob} | {fm(v['acc'], 'acc', m)} | {fm(v['fd'], 'fd', m)} | {_f(v['s_per_sample'])} |")
         L.append("")
     # claims
     L += ["## The paper's claims at our scale", ""]
@@ -428,12 +431,12 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
                 cost = f"{tv[f'ratio_dsg{steps}_over_dps1000']:.3f}" if tv else f"{g['s_per_sample'] / d1000['s_per_sample']:.3f}*"
                 fd_b += g["fd"] <= d1000["fd"]
                 psnr_b += g["psnr"] >= d1000["psnr"]
-                rows_b.append(f"| {bed} | {task} | {steps} | {_f(g['fd'])} | {_f(d1000['fd'])} (zeta {d1000['zeta']}) | {_f(g['psnr'], 4)} | "
-                              f"{_f(d1000['psnr'], 4)} | {cost} |")
+                rows_b.append(f"| {bed} | {task} | {steps} | {fm(g['fd'], 'fd', 'dsg')} | {fm(d1000['fd'], 'fd', 'dps')} (zeta {d1000['zeta']}) | {fm(g['psnr'], 'psnr', 'dsg', 4)} | "
+                              f"{fm(d1000['psnr'], 'psnr', 'dps', 4)} | {cost} |")
                 tuned = _one(records, "dsg-tuned", bed=bed, task=task, steps=steps)
                 if tuned:  # shown, not counted: the count is about the paper's own settings
-                    rows_tuned.append(f"| {bed} | {task} | {steps}, g_r re-tuned to {tuned['g_r']} | {_f(tuned['fd'])} | {_f(d1000['fd'])} | "
-                                      f"{_f(tuned['psnr'], 4)} | {_f(d1000['psnr'], 4)} | - |")
+                    rows_tuned.append(f"| {bed} | {task} | {steps}, g_r re-tuned to {tuned['g_r']} | {fm(tuned['fd'], 'fd', 'dsg')} | {fm(d1000['fd'], 'fd', 'dps')} | "
+                                      f"{fm(tuned['psnr'], 'psnr', 'dsg', 4)} | {fm(d1000['psnr'], 'psnr', 'dps', 4)} | - |")
     if rows_b:
         L.append(f"- **(b) DSG at 50-100 steps vs DPS at 1000 steps:** DSG has the lower (or equal) FD in {fd_b} of {len(rows_b)} "
                  f"comparisons and the higher PSNR in {psnr_b} of {len(rows_b)}, with Table 3's settings (256 test images each; "
@@ -452,6 +455,7 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
               "(`time-vs-1000` cells, median of 3 rounds); a * marks a fraction taken from two cells' s/sample instead.", "",
               "| bed | task | DSG steps | FD DSG | FD DPS-1000 | PSNR DSG | PSNR DPS-1000 | time fraction |",
               "|---|---|---|---|---|---|---|---|", *rows_b, *rows_tuned, ""]
+    L[note_at:note_at] = [fm.note(), ""]
     path = results_dir / "dsg.md"
     # the runner's raw table goes beside it
     raw = results_dir / "dsg.md"

@@ -37,28 +37,15 @@ import torch
 from onmanifold.nets.checkpoint import write_json_atomic, write_text_atomic
 
 from . import tables
+from .tables import decimals_for
 
-__all__ = ["CONDITIONS", "decimals_for", "format_with_spread", "measure_demo_spread", "load_demo_spread", "SPREAD_FILE", "TIMING_COLUMNS"]
+__all__ = ["CONDITIONS", "decimals_for", "format_with_spread", "measure_demo_spread", "load_demo_spread", "SPREAD_FILE", "TIMING_COLUMNS",
+           "SUITE_PROBES", "measure_suite_spread", "load_suite_spread"]
 
 CONDITIONS = ("base", "eps+1e-06", "eps-1e-06", "threads=2")
 TIMING_COLUMNS = ("s/sample", "time ratio")
 """Columns that are wall times: machine-dependent by nature, never part of the reproducible table."""
 SPREAD_FILE = Path(__file__).resolve().parents[1] / "docs" / "results" / "precision.json"
-
-
-def decimals_for(value: float, spread: float) -> int | None:
-    """Decimals that ``value`` holds given its rounding ``spread`` (None: keep four significant digits).
-
-    ``d = floor(-log10(spread))`` clipped to ``[0, 4 - 1 - floor(log10|value|)]``.
-    """
-    if not (math.isfinite(spread) and spread >= 0):
-        raise ValueError(f"spread: expected a finite number >= 0, got {spread!r}")
-    if spread == 0:
-        return None
-    d = max(0, math.floor(-math.log10(spread)))
-    if value != 0 and math.isfinite(value):
-        d = min(d, max(0, 3 - math.floor(math.log10(abs(value)))))
-    return d
 
 
 def format_with_spread(value: Any, spread: float | None) -> str:
@@ -130,12 +117,17 @@ def measure_demo_spread(rows_fn, columns: list[str], out: str | Path = SPREAD_FI
         "values": {c: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in runs[c]] for c in CONDITIONS},
     }
     out = Path(out)
+    previous = _read_record(out)
+    if "suites" in previous:  # the suites' spreads (measure_suite_spread) share the file: kept as they are
+        record["suites"] = previous["suites"]
     write_json_atomic(out, record)
     write_text_atomic(out.with_suffix(".md"), _page(record))
     return record
 
 
 def _page(record: dict) -> str:
+    if "spreads" not in record:  # only the suites' spreads were measured here
+        return _suites_page(record.get("suites", {}))
     lines = [
         "# Rounding spread of the demo's numbers",
         "",
@@ -152,6 +144,8 @@ def _page(record: dict) -> str:
             d = decimals_for(vals[col], spread)
             rows.append([key, col, tables.format_value(vals[col], 6), tables.format_value(spread, 2), "4 significant digits" if d is None else str(d)])
     lines.append(tables.markdown_table(["row", "column", "value (base)", "spread", "decimals printed"], rows))
+    if record.get("suites"):
+        lines += ["", _suites_page(record["suites"], level=2)]
     return "\n".join(lines) + "\n"
 
 
@@ -164,3 +158,210 @@ def load_demo_spread(path: str | Path = SPREAD_FILE) -> dict[str, dict[str, floa
     if not isinstance(data, dict) or not isinstance(data.get("spreads"), dict):
         raise ValueError(f"{path}: not a precision record (no 'spreads' object)")
     return data["spreads"]
+
+
+def _read_record(path: Path) -> dict:
+    """The precision record at ``path`` ({} when there is none yet)."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a precision record (not a JSON object)")
+    return data
+
+
+# ------------------------------------------------------------------------------------------ the suites' pages
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One representative cell of a suite, re-run under every condition: ``run() -> {metric: value}``.
+
+    ``method`` is the name the page's tables use for the method (the spread of ``(suite, method, metric)``);
+    ``setting`` says what was run (the cheapest step count of the suite, a low ``n``).
+    """
+
+    suite: str
+    method: str
+    setting: str
+    run: Any
+
+
+def _dsg_probes() -> list[Probe]:
+    from .dsg import _inverse_metrics, guided_run, inverse_problem, table3
+    from .models import diffusion_model
+
+    def inverse(bed: str, task: str, method: str, steps: int, n: int, **kw):
+        def run():
+            loss, truth, labels, _ = inverse_problem(bed, task, "test", n, 0)
+            x, sec = guided_run(diffusion_model(f"{bed}-unet"), method, loss, steps, n, 0, **kw)
+            m = _inverse_metrics(bed, x, truth, labels, sec)
+            return {k: v for k, v in m.items() if k in ("psnr", "ssim", "fd", "acc")}
+
+        return run
+
+    def label(method: str, n: int, **kw):
+        def run():
+            import torch as _torch
+
+            from onmanifold import metrics
+            from onmanifold.evaluate import eval_classifier, guidance_classifier, quality
+            from onmanifold.losses import ClassifierLoss
+
+            target = _torch.arange(n) % 10
+            x, _ = guided_run(diffusion_model("digits-unet"), method, ClassifierLoss(guidance_classifier("digits"), target), 100, n, 0, **kw)
+            with _torch.no_grad():
+                acc = metrics.accuracy(eval_classifier("digits")(x.clamp(-1, 1)), target)
+            return {"acc": acc, "fd": quality("digits", x)["fd"]}
+
+        return run
+
+    k, g_r = table3("sr", 20)
+    return [
+        Probe("dsg", "dps", "digits box, DDIM-20 eta 1, zeta 3 (the chosen zeta), n = 256", inverse("digits", "box", "dps", 20, 256, zeta=3.0)),
+        Probe("dsg", "dsg", "digits box, DDIM-20 eta 1, k 1, g_r 0.2, n = 256", inverse("digits", "box", "dsg", 20, 256, g_r=0.2, k=1)),
+        Probe("dsg", "dps", "shapes SR x4, DDIM-20 eta 1, zeta 3 (the chosen zeta), n = 64", inverse("shapes", "sr", "dps", 20, 64, zeta=3.0)),
+        Probe("dsg", "dsg", f"shapes SR x4, DDIM-20 eta 1, k {k}, g_r {g_r}, n = 64", inverse("shapes", "sr", "dsg", 20, 64, g_r=g_r, k=k)),
+        Probe("dsg", "label-dps", "digits label guidance, DDIM-100 eta 1, zeta 1 (the chosen zeta), n = 128", label("dps", 128, zeta=1.0)),
+        Probe("dsg", "label-dsg", "digits label guidance, DDIM-100 eta 1, g_r 0.3 (the chosen g_r), n = 128", label("dsg", 128, g_r=0.3)),
+    ]
+
+
+def _tag_probes() -> list[Probe]:
+    from onmanifold.metrics import wasserstein1_exact
+    from onmanifold.temporal import LinearDrift, NoiseInjection, TemporalAlignmentGuidance, TimeGapRecorder
+    from onmanifold.testbeds import get_testbed
+
+    from .models import diffusion_model, time_predictor
+    from .tag import _quality, _sample
+
+    def toy(plugins_fn, n: int = 1000):
+        def run():
+            ref = get_testbed("gmm2d").images("reference", n)[0]
+            x, _ = _sample(diffusion_model("gmm2d-mlp"), plugins_fn(), 100, n, 0, eta=1.0, batch_size=n)
+            return {"w1": wasserstein1_exact(x, ref)}
+
+        return run
+
+    def corrupt(omega0: float, n: int = 256):
+        def run():
+            phi = time_predictor("digits-time")
+            rec = TimeGapRecorder(phi)
+            x, _ = _sample(diffusion_model("digits-unet"), [NoiseInjection(0.2), rec, TemporalAlignmentGuidance(phi, omega0)], 50, n, 0)
+            return {**_quality("digits", x), "tg": rec.mean()}
+
+        return run
+
+    return [
+        Probe("tag", "drift", "gmm2d, drift -0.01x, DDPM-100, n = 1000", toy(lambda: [LinearDrift(0.01)])),
+        Probe("tag", "tag", "gmm2d, drift -0.01x + TAG omega0 1, DDPM-100, n = 1000",
+              toy(lambda: [LinearDrift(0.01), TemporalAlignmentGuidance(time_predictor("gmm2d-time"), 1.0)])),
+        Probe("tag", "corrupted", "digits, sigma 0.2 noise every step, DDIM-50, n = 256", corrupt(0.0)),
+        Probe("tag", "tag", "digits, sigma 0.2 noise every step + TAG omega0 0.5, DDIM-50, n = 256", corrupt(0.5)),
+    ]
+
+
+def _asced_probes() -> list[Probe]:
+    from onmanifold.artifacts import gt_artifact_mask
+
+    from .asced import _features, _quality_from_features, run_method
+    from .models import diffusion_model
+
+    def run_one(method: str, n: int = 128):
+        def run():
+            x, det, corr, _, _ = run_method(diffusion_model("shapes-unet"), "shapes", method, n, 0)
+            _, has = gt_artifact_mask(x)
+            out = {**_quality_from_features("shapes", _features("shapes", x)), "gt_rate": float(has.float().mean())}
+            if det is not None:
+                out["flagged_rate"] = float(det.results().flagged.float().mean())
+            return out
+
+        return run
+
+    return [Probe("asced", "original", "shapes, DDIM-25 (the suite's sampler), n = 128", run_one("original")),
+            Probe("asced", "asced", "shapes, DDIM-25 + ASCED (defaults for 32x32), n = 128", run_one("asced"))]
+
+
+def _compose_probes() -> list[Probe]:
+    from .compose import COMPOSE_METHODS, compose_run
+
+    knobs = json.loads((SPREAD_FILE.parent / "compose.json").read_text())["records"]
+    chosen = next(r["metrics"] for r in knobs if r["cell"]["method"] == "dsg")
+    kw = {"zeta": chosen["chosen_zeta"], "g_r": chosen["chosen_g_r"], "omega0": chosen["chosen_omega0"]}
+
+    def one(method: str):
+        return lambda: {k: v for k, v in compose_run(method, 64, "test", **kw).items() if k != "s_per_sample"}
+
+    return [Probe("compose", m, f"shapes SR x4, DDIM-25, the chosen knobs {kw}, n = 64", one(m)) for m in COMPOSE_METHODS]
+
+
+SUITE_PROBES = {"dsg": _dsg_probes, "tag": _tag_probes, "asced": _asced_probes, "compose": _compose_probes}
+"""Per suite, its representative cells: one per method and metric family, at the suite's cheapest step count and a low ``n``."""
+
+
+def measure_suite_spread(suite: str, out: str | Path = SPREAD_FILE, command: str = "", scratch: str | Path | None = None) -> dict:
+    """Run ``suite``'s :data:`SUITE_PROBES` under every condition and store each ``(method, metric)`` spread in ``out``.
+
+    Resumable: every finished (probe, condition) is kept in ``scratch`` (default ``runs/precision/<suite>.json``)
+    and not rerun. The record goes to ``out["suites"][suite]`` (the demo's spreads in the same file are kept).
+    """
+    if suite not in SUITE_PROBES:
+        raise ValueError(f"suite: expected one of {', '.join(SUITE_PROBES)} for --measure-spread, got {suite!r}")
+    probes = SUITE_PROBES[suite]()
+    scratch = Path(scratch or Path("runs") / "precision" / f"{suite}.json")
+    done: dict = json.loads(scratch.read_text()) if scratch.is_file() else {}
+    for name in CONDITIONS:
+        todo = [p for p in probes if f"{p.method} | {p.setting}" not in done.get(name, {})]
+        if not todo:
+            continue
+        with _condition(name):
+            for p in todo:
+                print(f"[precision] {suite}: condition {name}: {p.method}, {p.setting}", flush=True)
+                done.setdefault(name, {})[f"{p.method} | {p.setting}"] = {k: float(v) for k, v in p.run().items()}
+                write_json_atomic(scratch, done)
+    rows = []
+    for p in probes:
+        key = f"{p.method} | {p.setting}"
+        values = {c: done[c][key] for c in CONDITIONS}
+        spreads = {m: max(values[c][m] for c in CONDITIONS) - min(values[c][m] for c in CONDITIONS) for m in values["base"]}
+        rows.append({"method": p.method, "setting": p.setting, "base": values["base"], "spreads": spreads})
+    entry = {"command": command, "date": _dt.date.today().isoformat(), "conditions": list(CONDITIONS), "probes": rows}
+    out = Path(out)
+    record = _read_record(out)
+    record.setdefault("suites", {})[suite] = entry
+    write_json_atomic(out, record)
+    write_text_atomic(out.with_suffix(".md"), _page(record))
+    return entry
+
+
+def load_suite_spread(suite: str, path: str | Path | None = None) -> dict | None:
+    """``{"date", "command", "spreads": {(method, metric): spread}}`` of ``suite`` (the largest over its probes), or None.
+
+    ``path`` defaults to :data:`SPREAD_FILE` (read when called).
+    """
+    entry = _read_record(Path(path or SPREAD_FILE)).get("suites", {}).get(suite)
+    if entry is None:
+        return None
+    spreads: dict[tuple[str, str], float] = {}
+    for row in entry["probes"]:
+        for metric, s in row["spreads"].items():
+            spreads[(row["method"], metric)] = max(s, spreads.get((row["method"], metric), 0.0))
+    return {"date": entry["date"], "command": entry["command"], "spreads": spreads}
+
+
+def _suites_page(suites: dict, level: int = 1) -> str:
+    lines = ["#" * level + " Rounding spread of the results pages' numbers", "",
+             "Per suite, a representative cell of each method (the suite's cheapest step count, a low n) runs four times in one process: "
+             "as is (one torch thread), with every diffusion model's eps multiplied by 1 + 1e-6 and by 1 - 1e-6, and with two torch "
+             "threads. The spread of a metric is max - min over the four; the pages (`onmanifold_bench/tables.py`) print each metric of "
+             "that method with the decimals the spread supports (the largest spread of the suite for a method without a probe), never "
+             "more than they printed before. A spread of 0 means that no digit shown moved in the probe, not that none can: a count "
+             "metric (accuracy, a rate) changes in steps of 1/n.", ""]
+    for suite, entry in suites.items():
+        lines += ["#" * (level + 1) + f" {suite}", "", f"Command: `{entry['command']}` ({entry['date']}).", ""]
+        rows = []
+        for row in entry["probes"]:
+            for metric, s in row["spreads"].items():
+                d = decimals_for(row["base"][metric], s)
+                rows.append([row["method"], row["setting"], metric, tables.format_value(row["base"][metric], 6), tables.format_value(s, 2),
+                             "as stored" if d is None else str(d)])
+        lines += [tables.markdown_table(["method", "probe", "metric", "value (base)", "spread", "decimals at most"], rows), ""]
+    return "\n".join(lines)

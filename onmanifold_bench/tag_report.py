@@ -8,15 +8,17 @@ from pathlib import Path
 
 from onmanifold.nets.checkpoint import write_text_atomic
 
+from .figures import FigureDataMissing, run_dir_artifacts, tag_time_gap_figure, tag_toy_figure
 from .paper_numbers import TAG as PAPER
 from .runner import first_metrics as _m
 from .runner import select_records as _by
+from .tables import MetricFormat
 from .tables import markdown_table as _table
 
 __all__ = ["write_tag_report"]
 
 
-def _figures(records, fig_dir: Path) -> list[str]:
+def _figures(records, fig_dir: Path, run_dir=None) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,23 +39,16 @@ def _figures(records, fig_dir: Path) -> list[str]:
         ax[0].set(xlabel="t / T", ylabel="mean |argmax - t| / T", title="time-predictor error (held-out forward samples)")
         ax[1].set(xlabel="t / T", ylabel="accuracy within +-20 steps (gmm2d: +-5 of 100)", title="tolerant accuracy")
         ax[0].legend(fontsize=7)
-        save_figure(fig, fig_dir / "tag_predictors.png", dpi=110)
+        save_figure(fig, fig_dir / "tag_predictors.png", dpi=110, caption=(
+            "The bundled time predictors on forward-noised held-out data (100 evenly spaced t, 200 examples each): left, the mean "
+            "|argmax_t' phi(x_t) - t| / T; right, the share within +-20 steps (gmm2d: +-5 of its 100)."))
         made.append("figures/tag_predictors.png")
     # 2. time-gap curves on corrupted digits
-    sig = [s for s in (0.1, 0.2, 0.3) if _m(records, "corrupt", sigma=s, variant="none")]
-    if sig:
-        fig, axes = plt.subplots(1, len(sig), figsize=(4.2 * len(sig), 3.4), squeeze=False)
-        for ax, s in zip(axes[0], sig):
-            for v in ("none", "pre", "post"):
-                m = _m(records, "corrupt", sigma=s, variant=v)
-                if m:
-                    c = m["tg_curve"]
-                    ax.plot([x["t"] for x in c], [x["mean"] for x in c], label=f"{v} (TG {m['tg']:.0f})")
-            ax.invert_xaxis()
-            ax.set(title=f"corrupted digits, sigma = {s}", xlabel="sampler time t", ylabel="time gap |t_hat - t|")
-            ax.legend(fontsize=8)
-        save_figure(fig, fig_dir / "tag_time_gap_curves.png", dpi=110)
+    try:
+        tag_time_gap_figure(records, fig_dir / "tag_time_gap_curves.png")
         made.append("figures/tag_time_gap_curves.png")
+    except FigureDataMissing:
+        pass
     # 3. omega sweep: FD and TG against omega0 per sigma (validation)
     vals = _by(records, "corrupt-val")
     if vals:
@@ -66,19 +61,33 @@ def _figures(records, fig_dir: Path) -> list[str]:
         for a, yl in zip(ax, ("validation FD (256 samples)", "time gap")):
             a.set(xscale="log", xlabel="omega0 (0 plotted at 0.1)", ylabel=yl)
             a.legend(fontsize=7)
-        save_figure(fig, fig_dir / "tag_omega_sweep.png", dpi=110)
+        save_figure(fig, fig_dir / "tag_omega_sweep.png", dpi=110, caption=(
+            "TAG's omega0 sweep on corrupted digits (validation, DDIM-50, noise of std sigma added every step): FD (left) and the "
+            "mean time gap (right) against omega0 per sigma; omega0 = 0 (no TAG) is plotted at 0.1."))
         made.append("figures/tag_omega_sweep.png")
+    # 4. the toy before and after TAG: drawn from the toy cells' samples, else kept from the run that drew it
+    toy = fig_dir / "tag_toy_scatter.png"
+    try:
+        tag_toy_figure(records, run_dir_artifacts(run_dir or "."), toy)
+        made.append("figures/tag_toy_scatter.png")
+    except FigureDataMissing as e:
+        if toy.is_file():
+            made.append("figures/tag_toy_scatter.png")
+        else:
+            print(f"tag report: {e}")
     return made
 
 
 def write_tag_report(records: list[dict], results_dir, command: str, run_dir) -> Path:
     results_dir = Path(results_dir)
-    made = _figures(records, results_dir / "figures")
+    made = _figures(records, results_dir / "figures", run_dir)
     L = ["# Temporal Alignment Guidance (TAG)", "",
          "Park, Jung, Bae, Yun, *Temporal Alignment Guidance: On-Manifold Sampling in Diffusion Models*, arXiv 2510.11057 (2025).",
          "Method: `docs/methods/tag.md`. Protocol: the docstring of `onmanifold_bench/tag.py` (repeated where it matters below).", "",
          "Command:", "", "```", command, "```", "", f"Date: {_dt.date.today().isoformat()}", ""]
     claims: list[str] = []
+    fm = MetricFormat("tag")
+    note_at = len(L)  # the line on the digits goes here once every metric is formatted
 
     # ---------------------------------------------------------------- predictors
     preds = _by(records, "predictor")
@@ -117,9 +126,11 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
                     continue
                 w = [r["metrics"]["w1"] for r in rs]
                 tge = [r["metrics"]["tg_exact"] for r in rs if "tg_exact" in r["metrics"]]
-                rows.append([eps, v, rs[0]["metrics"].get("omega0"), f"{statistics.mean(w):.3f} +- {statistics.pstdev(w):.3f}",
-                             statistics.mean(r["metrics"]["tg"] for r in rs), statistics.mean(tge) if tge else None])
+                rows.append([eps, v, rs[0]["metrics"].get("omega0"), f"{fm(statistics.mean(w), 'w1', decimals=3)} +- {statistics.pstdev(w):.3f}",
+                             fm(statistics.mean(r["metrics"]["tg"] for r in rs), "tg"), fm(statistics.mean(tge) if tge else None, "tg")])
         L += [_table(["eps model", "run", "omega0", "W1", "TG (learned predictor)", "TG (exact posterior)"], rows), ""]
+        if "figures/tag_toy_scatter.png" in made:
+            L += ["![gmm2d samples: clean, drift before TAG, drift with TAG](figures/tag_toy_scatter.png)", ""]
         for eps in ("mlp", "exact"):
             d = _by(records, "toy", eps=eps, variant="drift")
             t = _by(records, "toy", eps=eps, variant="tag-learned")
@@ -143,7 +154,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
             for v in ("none", "pre", "post"):
                 m = _m(records, "corrupt", sigma=s, variant=v)
                 if m:
-                    rows.append([s, v, m["omega0"], m["fd"], m["precision"], m["recall"], m["tg"], m.get("tg_independent")])
+                    rows.append([s, v, m["omega0"], *(fm(m.get(k), k) for k in ("fd", "precision", "recall", "tg")), fm(m.get("tg_independent"), "tg")])
         L += [_table(["sigma", "TAG", "omega0", "FD", "precision", "recall", "TG", "TG (independent predictor)"], rows), ""]
         vals = _by(records, "corrupt-val")
         if vals:
@@ -153,7 +164,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
                 row = [s]
                 for w in omegas:
                     m = _m(records, "corrupt-val", sigma=s, omega0=w)
-                    row.append(f"{m['fd']:.3g} / {m['tg']:.0f}" if m else "-")
+                    row.append(f"{fm(m['fd'], 'fd')} / {fm(m['tg'], 'tg', decimals=0)}" if m else "-")
                 rows.append(row)
             L += ["Validation sweep, FD / TG per (sigma, omega0):", "", _table(["sigma"] + [f"omega0={w:g}" for w in omegas], rows), ""]
             best_fd = {}
@@ -203,7 +214,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
                 a = _m(records, "fewstep", nfe=nfe, spacing=spacing, eta=eta, variant="none")
                 b = _m(records, "fewstep", nfe=nfe, spacing=spacing, eta=eta, variant="tag")
                 if a and b:
-                    rows.append([f"{spacing}, eta {eta:g}", nfe, a["fd"], b["fd"], b["omega0"], a["tg"], b["tg"]])
+                    rows.append([f"{spacing}, eta {eta:g}", nfe, fm(a["fd"], "fd"), fm(b["fd"], "fd"), b["omega0"], fm(a["tg"], "tg"), fm(b["tg"], "tg")])
         L += [_table(["sampler", "NFE", "FD without", "FD with TAG", "omega0", "TG without", "TG with"], rows), ""]
         gains = [(r[1], r[2] - r[3]) for r in rows if r[0].startswith("leading, eta 0")]
         if gains:
@@ -222,7 +233,8 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
         rows = []
         for r in lab:
             m = r["metrics"]
-            rows.append([r["cell"]["setting"]["method"], f"{m['value']:.4g}", m["fd"], m["acc"], m["precision"], m["recall"], m["tg"], m["nfe_per_sample"], m["s_per_sample"]])
+            rows.append([r["cell"]["setting"]["method"], f"{m['value']:.4g}", *(fm(m[k], k) for k in ("fd", "acc", "precision", "recall", "tg")),
+                         m["nfe_per_sample"], m["s_per_sample"]])
         L += [_table(["method", "knob", "FD", "accuracy", "precision", "recall", "TG", "NFE", "s/sample"], rows), ""]
         vals = _by(records, "label-val")
         if vals:
@@ -245,8 +257,8 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
               "validation joint accuracy of the unconditional predictor under `pre`, then used for every predictor. Accuracy by the independent "
               "evaluation classifier; FD vs 4 x 256 real shapes of the same pairs. `inline` uses the faithful time points: sequential shift "
               "(unconditional, +1 network call per step), shift by the type loss (size-conditional), x_t (type+size-conditional).", ""]
-        rows = [[r["cell"]["setting"]["variant"], r["metrics"].get("zeta"), r["metrics"].get("omega0"), r["metrics"]["joint_acc"],
-                 r["metrics"]["acc_type"], r["metrics"]["acc_size"], r["metrics"]["fd"], r["metrics"]["s_per_sample"]] for r in sh]
+        rows = [[r["cell"]["setting"]["variant"], r["metrics"].get("zeta"), r["metrics"].get("omega0"),
+                 *(fm(r["metrics"][k], k) for k in ("joint_acc", "acc_type", "acc_size", "fd")), r["metrics"]["s_per_sample"]] for r in sh]
         L += [_table(["variant", "zeta", "omega0", "joint acc", "type acc", "size acc", "FD", "s/sample"], rows), ""]
         n0 = _m(records, "shapes", variant="none")
         if n0:
@@ -288,6 +300,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
           "per step (NFE 99 at 50 steps) and one predictor forward; Langevin one extra network call per step; the sequential shift one "
           "extra network call per step per extra condition (the NFE column of the label table counts network calls only).", ""]
     L[len(L):] = ["## Which of the paper's claims held at our scale", ""] + [f"- {c}" for c in claims] + [""]
+    L[note_at:note_at] = [fm.note(), ""]
     path = results_dir / "tag.md"
     write_text_atomic(path, "\n".join(L))
     return path

@@ -14,6 +14,14 @@ from onmanifold_bench.runner import Cell
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 
 
+@pytest.fixture(autouse=True)
+def _no_measured_spreads(tmp_path, monkeypatch):
+    """The page tests check the stored digits; the spreads' effect has its own test (test_pages_print_the_digits_the_spread_supports)."""
+    import onmanifold_bench.precision as precision
+
+    monkeypatch.setattr(precision, "SPREAD_FILE", tmp_path / "no-precision.json")
+
+
 def _rec(method: str, setting: dict, metrics: dict, shard: int = 0, seeds: tuple = ()) -> dict:
     return {"cell": Cell(method, setting, shard, seeds).describe(), "metrics": metrics, "seconds": 1.0, "finished_at": "2026-01-01T00:00:00+00:00",
             "inputs": []}
@@ -125,3 +133,28 @@ def test_committed_summary_imports_every_record(tmp_path, suite):
         assert written + len(dropped) == n
     else:
         assert (written, kept, dropped) == (n, 0, []) and len(finished_keys(s, tmp_path)) == n
+
+
+def test_pages_print_the_digits_the_spread_supports(tmp_path, monkeypatch):
+    """With measured spreads a metric loses the decimals rounding moves (DPS FD spread 0.25: no decimal), keeps the stored
+    digits where the spread is small, and the page says where its digits come from and which metrics had no probe."""
+    import onmanifold_bench.precision as precision
+
+    spread_file = tmp_path / "precision.json"
+    probes = [{"method": "dps", "setting": "probe", "base": {"psnr": 20.1, "fd": 3.4, "ssim": 0.81}, "spreads": {"psnr": 0.43, "fd": 0.25, "ssim": 0.01}},
+              {"method": "dsg", "setting": "probe", "base": {"psnr": 21.3, "fd": 2.5, "ssim": 0.85}, "spreads": {"psnr": 0.009, "fd": 0.005, "ssim": 6e-6}}]
+    spread_file.write_text(json.dumps({"suites": {"compose": {"command": "onmanifold bench compose --measure-spread", "date": "2026-12-03",
+                                                              "conditions": list(precision.CONDITIONS), "probes": probes}}}))
+    monkeypatch.setattr(precision, "SPREAD_FILE", spread_file)
+
+    def test_cell(method, psnr, **extra):
+        return _rec(method, {"n": 128}, {"chosen_zeta": 10.0, "chosen_g_r": 0.1, "chosen_omega0": 1.0, "psnr": psnr, "ssim": 0.91234,
+                                         "fd": 1.5, "gt_artifact_rate": 0.0625, "s_per_sample": 0.25, **extra})
+
+    records = [_rec("val-dsg", {"g_r": 0.1, "n": 32}, {"psnr": 35.0}), test_cell("dps", 30.4031), test_cell("dsg", 36.4831)]
+    page = _page("compose", records, tmp_path)
+    assert "| dps | 30 | 0.91 | 2 | 0.062 | - | 0.250 |" in page  # psnr spread 0.43, ssim 0.01, fd 0.25
+    assert "| dsg | 36.48 | 0.9123 | 1.50 | 0.062 | - | 0.250 |" in page  # small spreads: the stored digits (fd 0.005: two decimals)
+    assert "Digits: each metric is printed with no more decimals than its rounding spread supports" in page
+    assert "measured 2026-12-03 by `onmanifold bench compose --measure-spread`" in page
+    assert "Not probed, printed as stored: gt_artifact_rate." in page
