@@ -580,6 +580,19 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
               "Columns: flagged samples with a GT artifact first, then flagged without, missed, and clean. Rows: the original sample, "
               "the detector's correction mask M_d, the ground-truth mask G, ASCED's output, oracle + TTC's output.", "",
               "![grid](figures/asced_grid_shapes.png)", ""]
+    # the masks overlaid on the samples, before and after correction (the figure onmanifold report draws: onmanifold_bench/figures.py)
+    from .figures import FigureDataMissing, asced_overlay_figure, run_dir_artifacts
+
+    overlay = fig_dir / "asced_overlay_shapes.png"
+    try:
+        asced_overlay_figure(records, run_dir_artifacts(run_dir), overlay)
+    except FigureDataMissing as e:
+        print(f"asced report: {e}; the overlay figure is " + ("kept from the run that drew it" if overlay.is_file() else "omitted"))
+    if overlay.is_file():
+        L += ["## Figure: detected and ground-truth masks on the samples, before and after ASCED (shapes)", "",
+              "Rows: the original sample; the same with the detector's correction mask M_d (red) and the ground-truth mask G (green, "
+              "overlap yellow); ASCED's output on the same seed; the same with its own ground-truth mask (green). Columns as above.", "",
+              "![masks overlaid before and after correction](figures/asced_overlay_shapes.png)", ""]
     if _digits_grid(cells, artifact_of, fig_dir / "asced_grid_digits.png", save_rows) or (kept and (fig_dir / "asced_grid_digits.png").is_file()):
         L += ["## Figure: digits, flagged samples", "", "Rows: the original sample, the detector's correction mask M_d (r = 0 at 8x8, so "
               "M_d = M), ASCED's output. The first ten flagged seeds.", "", "![digits grid](figures/asced_grid_digits.png)", ""]
@@ -629,7 +642,9 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     ax[1].axhline(so["gt_rate"], color="k", ls="--", lw=1, label="GT rate, original")
     ax[1].set_xlabel("T_c / T (tc_frac)")
     ax[1].legend(fontsize=7)
-    save_figure(fig, fig_dir / "asced_tc_sweep.png")
+    save_figure(fig, fig_dir / "asced_tc_sweep.png", caption=(
+        f"ASCED's T_c sweep on shapes (DDIM-25, the first {summ['sweep_n']} seeds, n_d = 6): FD (left) and the ground-truth artifact, "
+        "repair and damage rates (right) against the correction step T_c / T; dashed: the original sampler on the same seeds."))
     L += [f"## T_c sweep (shapes, first {summ['sweep_n']} seeds, n_d = 6)", "", "![tc sweep](figures/asced_tc_sweep.png)", "",
           f"Original on the same seeds: FD {fm(so['fd'], 'fd', None, 4)}, precision {fm(so['precision'], 'precision')}, recall {fm(so['recall'], 'recall')}, GT rate {fm.percent(so['gt_rate'], 'gt_rate')}.", "",
           "| tc_frac | n_c | FD | precision | recall | flagged | GT rate after | repair | damage |", "|---|---|---|---|---|---|---|---|---|"]

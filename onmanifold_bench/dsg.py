@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from onmanifold.io import load_tensors, save_tensors_atomic
+from onmanifold.io import save_tensors_atomic
 from onmanifold.testbeds import get_testbed
 
 from .models import diffusion_model
@@ -321,7 +321,6 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
     """``docs/results/dsg.md``: the curated tables, figures and the plain statement of the paper's claims."""
     import datetime as dt
 
-    from onmanifold.images import save_rows
     from onmanifold.nets.checkpoint import write_text_atomic
 
     results_dir = Path(results_dir)
@@ -361,24 +360,21 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
                 L += [f"## {bed}: {task}", "",
                       "| steps | DPS zeta | PSNR DPS | PSNR DSG | SSIM DPS | SSIM DSG | FD DPS | FD DSG | acc DPS | acc DSG | s/sample DPS | s/sample DSG | DSG k / g_r |",
                       "|---|---|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]
-    # figure grid: digits box inpainting, 100 steps
-    dps_r, dsg_r = _by(records, "dps", bed="digits", task="box", steps=100), _by(records, "dsg", bed="digits", task="box", steps=100)
-    paths = [_artifact(run_dir, Cell(**{k: r[0]["cell"][k] for k in ("method", "setting", "shard")})) for r in (dps_r, dsg_r) if r]
+    # figure: digits box inpainting, 100 steps (measurement / truth / DPS / DSG), drawn where onmanifold report draws it
+    from .figures import FigureDataMissing, dsg_figure, run_dir_artifacts
+
     figure = fig_dir / "dsg_box_digits.png"
-    if len(paths) == 2:
-        if all(p.is_file() for p in paths):
-            a, b = (load_tensors(p, "artifact") for p in paths)
-            n = dps_r[0]["cell"]["setting"]["n"]
-            _, truth, _, y = inverse_problem("digits", "box", "test", n, 0)
-            save_rows([y[:10], a["x"][:10], b["x"][:10], truth[:10]], ["measurement", "DPS", "DSG", "truth"], figure)
-        else:  # records imported from a summary (--import-results) carry no samples: keep the figure those cells drew
-            missing = ", ".join(p.name for p in paths if not p.is_file())
-            print(f"dsg report: sample artifacts missing in {run_dir} ({missing}); the box-inpainting figure is "
-                  + ("kept from the run that drew it" if figure.is_file() else "omitted"))
-        if figure.is_file():
-            L += ["## Figure: digits box inpainting, DDIM-100 (eta = 1)", "", "![grid](figures/dsg_box_digits.png)", ""]
+    try:
+        dsg_figure(records, run_dir_artifacts(run_dir), figure, "digits", "box", 100,
+                   measurement=lambda b, t, n: inverse_problem(b, t, "test", n, 0)[3])
+    except FigureDataMissing as e:  # records imported from a summary (--import-results) carry no samples
+        print(f"dsg report: {e}; the figure is " + ("kept from the run that drew it" if figure.is_file() else "omitted"))
+    if figure.is_file():
+        L += ["## Figure: digits box inpainting, DDIM-100 (eta = 1)", "",
+              "![measurement, truth, DPS and DSG on the first 10 test images](figures/dsg_box_digits.png)", ""]
     # sphere deviation
     sph = _one(records, "sphere-deviation")
+    sph_n = next((r["cell"]["setting"]["n"] for r in records if r["cell"]["method"] == "sphere-deviation"), None)
     if sph:
         import matplotlib
 
@@ -394,7 +390,10 @@ def write_dsg_report(records: list[dict], results_dir, command: str, run_dir) ->
         ax.set_ylabel("||x_prev - mu|| / (sqrt(n) sigma)")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-        save_figure(fig, fig_dir / "dsg_sphere_deviation.png")
+        save_figure(fig, fig_dir / "dsg_sphere_deviation.png", caption=(
+            f"Sphere deviation per step, digits box inpainting, DDIM-100 eta 1, {sph_n} samples: the "
+            "mean over samples of ||x_prev - mu|| / (sqrt(n) sigma), the distance of each step's output from the Gaussian's mean in units of "
+            "the radius of its high-probability sphere; 1 = on the sphere. DSG puts it on the sphere by construction."))
         L += ["## Sphere deviation per step (digits box inpainting, DDIM-100, 64 samples)", "",
               "![sphere deviation](figures/dsg_sphere_deviation.png)", "",
               "| method | mean rho over steps |", "|---|---|", *[f"| {k} | {_f(v, 5)} |" for k, v in sph["mean_rho"].items()], ""]
