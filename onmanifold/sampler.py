@@ -111,6 +111,9 @@ Gradients: the loop runs under ``torch.no_grad``; when a plugin's :meth:`Sampler
 says so for a step, the model call of that step runs in an ``enable_grad`` island with
 ``x_t.requires_grad_()``, and :meth:`StepState.loss_gradient` computes ``grad_{x_t} sum_b L_b`` once
 per step and loss, shared by every plugin that asks.
+The graph of that model call is what bounds a guided batch's memory; wrap the model in
+:class:`onmanifold.memory.MemorySavingModel` (gradient checkpointing in the UNet, chunked VJPs) to trade
+compute for it with the same samples.
 """
 
 from __future__ import annotations
