@@ -37,14 +37,17 @@ def reference_set(bed: str, which: str = "heldout") -> torch.Tensor:
 
 @lru_cache(maxsize=4)
 def eval_classifier(bed: str) -> torch.nn.Module:
-    """The bundled independent evaluation classifier of ``bed`` ('digits' or 'shapes')."""
-    return load_network(f"{bed}-eval-classifier")
+    """The bundled independent evaluation classifier of ``bed`` ('digits', 'shapes' or 'shapes-latent', whose images are shapes):
+    the registry's ``eval_classifier``."""
+    name = get_testbed(bed).eval_classifier if bed in TESTBEDS else None
+    return load_network(name or f"{bed}-eval-classifier")
 
 
 @lru_cache(maxsize=4)
 def guidance_classifier(bed: str) -> torch.nn.Module:
-    """The bundled guidance classifier of ``bed`` ('digits' or 'shapes')."""
-    return load_network(f"{bed}-classifier")
+    """The bundled guidance classifier of ``bed`` ('digits', 'shapes' or 'shapes-latent'): the registry's ``guidance_classifier``."""
+    name = get_testbed(bed).guidance_classifier if bed in TESTBEDS else None
+    return load_network(name or f"{bed}-classifier")
 
 
 @lru_cache(maxsize=8)

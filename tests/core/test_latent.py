@@ -384,3 +384,97 @@ def test_the_loaded_sampler_of_a_latent_model_never_clamps(loaded):
     cfg = ClassifierFreeGuidance(loaded.model, 2.0, loaded.encode_prompt(""))
     z = s.sample(cfg, shape=loaded.sample_shape, num_samples=2, seed=0, cond=_prompt(loaded))
     assert z.shape == (2, 4, 4, 4) and torch.isfinite(z).all()
+
+
+# ------------------------------------------------------------------ the latent bed, the README example, the command line (issue 14, items 2, 4, 7)
+def _bundled_latent_or_skip():
+    from onmanifold.nets.checkpoint import list_bundled
+
+    if "shapes-latent" not in list_bundled():
+        pytest.skip("the latent shapes model is not bundled in this checkout")
+
+
+def test_the_latent_shapes_bed_is_registered_with_the_bundled_model():
+    from onmanifold.testbeds import bed_of_model, get_testbed
+
+    _bundled_latent_or_skip()
+    bed, shapes = get_testbed("shapes-latent"), get_testbed("shapes")
+    m = load_diffusion_model(bed.model)
+    assert bed.sample_shape == tuple(m.sample_shape) == (4, 8, 8) and bed.data_shape == shapes.data_shape == (1, 32, 32)
+    assert bed.split_seeds == shapes.split_seeds and bed.attributes == shapes.attributes and bed.tasks == shapes.tasks
+    assert abs(bed.schedule().betas - m.schedule.betas).max() < 1e-12
+    assert torch.equal(bed.images("val", 3)[0], shapes.images("val", 3)[0])
+    assert bed.make_task("box", 2, 0).masks.shape[-2:] == (32, 32)
+    labels = torch.tensor([[0, 2], [1, 0]])
+    assert bed.prompts(labels) == ["circle large", "square small"]
+    assert torch.equal(m.encode_prompt(bed.prompts(labels)), m.model.prompt_encoder.encode_labels(labels))
+    assert bed_of_model("shapes-latent") == "shapes-latent"
+    with pytest.raises(ValueError, match="labels"):
+        bed.prompts(torch.tensor([0, 1]))
+
+
+def _readme_block(marker: str) -> str:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)\n```", text, re.S)
+    assert block, f"README.md has no {marker} block"
+    return block.group(1)
+
+
+def test_the_readme_latent_example_runs_as_written():
+    """The README's latent example (load, CFG, DSG through the decoder) runs as written: the block alone, in a fresh scope."""
+    _bundled_latent_or_skip()
+    code = _readme_block("latent-example")
+    assert "latent.sampler(25, eta=1.0)" in code
+    code = code.replace("latent.sampler(25, eta=1.0)", "latent.sampler(8, eta=1.0)")  # only the amount shrinks (as the walkthrough test does)
+    scope: dict = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, "README.md (latent example)", "exec"), scope)
+    finally:
+        torch.set_num_threads(before)
+    assert scope["z"].shape == (4, 4, 8, 8) and scope["images"].shape == scope["restored"].shape == (4, 1, 32, 32)
+    assert torch.isfinite(scope["restored"]).all()
+    assert scope["dsg"].guidance_window == (0, 900) and scope["dsg"].time_travel == 2
+
+
+def test_sample_takes_prompt_guidance_scale_window_and_time_travel(tmp_path, capsys):
+    from onmanifold.cli import main
+
+    _bundled_latent_or_skip()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny networks: one thread
+    try:
+        _run_the_flags(main, tmp_path, capsys)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_the_flags(main, tmp_path, capsys) -> None:
+    out = tmp_path / "s"
+    assert main(["sample", "shapes-latent", "-n", "2", "--steps", "4", "--eta", "1", "--prompt", "triangle large", "--guidance-scale", "3",
+                 "--method", "dsg", "--task", "sr", "--guidance-window", "0,800", "--time-travel", "2", "--out", str(out), "--no-progress"]) == 0
+    info = json.loads((out / "samples.json").read_text())
+    assert info["prompt"] == "triangle large" and info["guidance_scale"] == 3.0
+    assert info["guidance_window"] == [0, 800] and info["time_travel"] == 2 and info["bed"] == "shapes-latent"
+    capsys.readouterr()
+    bad = {
+        ("--method", "dsg", "--task", "sr", "--guidance-window", "990,999"): "--guidance-window",  # the 4 steps are t = 751, 501, 251, 1
+        ("--method", "dsg", "--task", "sr", "--guidance-window", "5"): "--guidance-window",
+        ("--method", "dps", "--task", "sr", "--guidance-window", "9,3"): "--guidance-window",
+        ("--method", "dps", "--task", "sr", "--time-travel", "0"): "--time-travel",
+        ("--guidance-window", "0,900"): "--guidance-window",  # without dps/dsg
+        ("--time-travel", "2"): "--time-travel",
+        ("--prompt", "hexagon"): "--prompt",
+        ("--guidance-scale", "-1"): "--guidance-scale",
+    }
+    for extra, flag in bad.items():
+        assert main(["sample", "shapes-latent", "-n", "2", "--steps", "4", "--eta", "1", *extra, "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"onmanifold: error: {flag}"), (extra, err)
+        assert not (tmp_path / "bad").exists()
+    assert main(["sample", "digits-unet", "-n", "1", "--steps", "2", "--prompt", "circle", "--out", str(tmp_path / "d"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith("onmanifold: error: --prompt")
