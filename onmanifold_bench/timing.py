@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-__all__ = ["timed", "alternating", "per_sample"]
+__all__ = ["timed", "timed_cpu", "alternating", "per_sample"]
 
 T = TypeVar("T")
 
@@ -20,6 +20,18 @@ def timed(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+def timed_cpu(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float, float]:
+    """``(fn(*args, **kwargs), wall seconds, CPU seconds of this process)`` of the call.
+
+    CPU seconds (``time.process_time``: every thread of the process) stay close to the work done when other
+    jobs share the cores, where wall seconds also count the waits for a core; with one torch thread they
+    are the cleaner cost measure on a busy machine (pages say which they report).
+    """
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def alternating(runs: Mapping[str, Callable[[], float]], repeats: int, *, warmup: Iterable[Callable[[], Any]] = (),
