@@ -20,7 +20,11 @@ seed 0). Runs, each ``steps`` DDIM steps on ``batch`` samples:
 Timing: the runs take turns in one process (:func:`onmanifold_bench.timing.alternating`, one warm-up
 each, the order reversed on odd rounds); a ratio is taken within each round and the page reports the
 median over rounds (and the range), for wall seconds and for the CPU seconds of the process
-(``time.process_time``, one torch thread: less disturbed by other jobs on the cores). Memory: the peak bytes of tensors alive at once during one run
+(``time.process_time``, one torch thread: less disturbed by other jobs on the cores). "Network fixed": two
+runs that make the same UNet forward calls are compared by the CPU time each spends outside them, around one
+shared network time (the mean of the two runs' UNet time in that round): ``(F + o_a) / (F + o_b)``; the drift
+of the machine between the two runs then cancels (forward hooks on the UNet measure ``F``; backward passes
+count as outside). Memory: the peak bytes of tensors alive at once during one run
 (the whole sampling call), divided by the batch: on CUDA ``torch.cuda.max_memory_allocated``; on the CPU,
 where torch keeps no peak counter, :class:`onmanifold.memory.TensorMemoryMeter` (every tensor storage an
 operator allocates, from allocation to release; weights and ``x_T`` excluded, allocator caching not seen).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import statistics
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -97,6 +102,7 @@ def speed_runs(unet_name: str, dtype: torch.dtype, steps: int, batch: int, devic
     from onmanifold.temporal.predictor import TimePredictor
 
     unet = build_unet(unet_name).to(device=device, dtype=dtype)
+    clock = _UNetClock(unet)
     pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     loaded = from_pipeline(pipe, unet_name)
@@ -129,6 +135,7 @@ def speed_runs(unet_name: str, dtype: torch.dtype, steps: int, batch: int, devic
 
     runs = _Runs({"loop": ours(deterministic, list), "diffusers": theirs, "asced": ours(deterministic, asced),
             "tag": ours(deterministic, lambda: [TemporalAlignmentGuidance(predictor, 1.0)])})
+    runs.clock = clock
     for suffix, m in saving.items():
         runs["dps" + suffix] = ours(ancestral, lambda: [DiffusionPosteriorSampling(loss, 1.0)], m)
         runs["dsg" + suffix] = ours(ancestral, lambda: [SphericalGaussianGuidance(loss, 0.2)], m)
@@ -136,9 +143,34 @@ def speed_runs(unet_name: str, dtype: torch.dtype, steps: int, batch: int, devic
 
 
 class _Runs(dict):
-    """The runs by name; ``asced_plugin``: the ASCED plugin of the last ``asced`` run (None before one)."""
+    """The runs by name; ``asced_plugin``: the ASCED plugin of the last ``asced`` run (None before one); ``clock``: the
+    :class:`_UNetClock` of the runs' UNet."""
 
     asced_plugin = None
+    clock = None
+
+
+class _UNetClock:
+    """CPU seconds spent inside the UNet's forward passes and their number (forward hooks; reset by :meth:`reset`).
+
+    The rest of a run's CPU time is what the loop, the plugins and the backward passes cost around the network;
+    two runs with the same network calls compare by it without the drift of the machine between them.
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.seconds, self.calls, self._start = 0.0, 0, 0.0
+        unet.register_forward_pre_hook(self._enter)
+        unet.register_forward_hook(self._leave)
+
+    def _enter(self, module, args) -> None:
+        self._start = time.process_time()
+
+    def _leave(self, module, args, output) -> None:
+        self.seconds += time.process_time() - self._start
+        self.calls += 1
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
 
 
 def _device() -> torch.device:
@@ -156,18 +188,24 @@ def _timing_cell(s: dict) -> dict:
             def run() -> float:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
+                runs.clock.reset()
                 out, sec, cpu = timed_cpu(runs[name])
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 last[name] = out
                 cpu_seconds.setdefault(name, []).append(cpu)
+                unet_seconds.setdefault(name, []).append(runs.clock.seconds)
+                unet_calls[name] = runs.clock.calls
                 return sec
             return run
 
         names = list(s["runs"])
         cpu_seconds: dict[str, list[float]] = {}
+        unet_seconds: dict[str, list[float]] = {}
+        unet_calls: dict[str, int] = {}
         seconds = alternating({n: timer(n) for n in names}, s["rounds"], warmup=[timer(n) for n in names], swap=True)
         cpu = {n: v[1:] for n, v in cpu_seconds.items()}  # the warm-up call first, then one per round
+        inside = {n: v[1:] for n, v in unet_seconds.items()}
     out: dict = {"device": str(device), "torch": torch.__version__}
     for clock, measured in (("", seconds), ("cpu_", cpu)):
         for n in names:
@@ -177,6 +215,16 @@ def _timing_cell(s: dict) -> dict:
                 r = [x / y for x, y in zip(measured[a], measured[b])]
                 out[f"{clock}ratio[{label}]"] = statistics.median(r)
                 out[f"{clock}ratio_range[{label}]"] = [min(r), max(r)]
+    for n in names:
+        out[f"unet_forwards[{n}]"] = unet_calls[n]
+        out[f"cpu_outside_unet_s_per_sample[{n}]"] = per_sample(statistics.median(c - u for c, u in zip(cpu[n], inside[n])), s["batch"])
+    for label, (a, b) in RATIOS.items():
+        if a in cpu and b in cpu and unet_calls[a] == unet_calls[b]:
+            est = []
+            for ca, ua, cb, ub in zip(cpu[a], inside[a], cpu[b], inside[b]):
+                f = (ua + ub) / 2  # the same network calls: one network time for both, each run's own time around it
+                est.append((f + ca - ua) / (f + cb - ub))
+            out[f"network_fixed_ratio[{label}]"] = statistics.median(est)
     if runs.asced_plugin is not None:
         out["asced_corrected_share"] = float(runs.asced_plugin.corrector.corrected.float().mean())
     out["loop_vs_diffusers_max_abs_diff"] = float((last["loop"].float().clamp(-1, 1) - last["diffusers"].float()).abs().max())
@@ -250,9 +298,14 @@ def write_speed_report(records: list[dict], results_dir, command: str, run_dir) 
                 row += [format_value(v, decimals=3), "-" if lo is None else f"{lo:.3f} .. {hi:.3f}", _goal_text(label, v)]
             if row[1] != "-":
                 rows.append(row)
-        L += [markdown_table(["ratio", "wall: median", "wall: range", "wall: goal", "CPU: median", "CPU: range", "CPU: goal"], rows), ""]
-        L += [markdown_table(["run", "wall s / sample (median)", "CPU s / sample (median)"],
-                             [[n, format_value(m[f"s_per_sample[{n}]"], decimals=3), format_value(m.get(f"cpu_s_per_sample[{n}]"), decimals=3)]
+        for row in rows:
+            v = m.get(f"network_fixed_ratio[{row[0]}]")
+            row += [format_value(v, decimals=3), _goal_text(row[0], v)]
+        L += [markdown_table(["ratio", "wall: median", "wall: range", "wall: goal", "CPU: median", "CPU: range", "CPU: goal",
+                              "network fixed: median", "network fixed: goal"], rows), ""]
+        L += [markdown_table(["run", "wall s / sample (median)", "CPU s / sample (median)", "UNet forwards", "CPU s / sample outside the UNet's forwards"],
+                             [[n, format_value(m[f"s_per_sample[{n}]"], decimals=3), format_value(m.get(f"cpu_s_per_sample[{n}]"), decimals=3),
+                               format_value(m.get(f"unet_forwards[{n}]")), format_value(m.get(f"cpu_outside_unet_s_per_sample[{n}]"), decimals=4)]
                               for n in s["runs"]]), ""]
         if "asced_corrected_share" in m:
             L += [f"ASCED corrected {100 * m['asced_corrected_share']:.0f} % of the samples (random weights).", ""]

@@ -28,6 +28,9 @@ def test_quick_suite_runs_and_writes_its_page(tmp_path):
         assert fp32[f"s_per_sample[{name}]"] > 0
     for label in RATIOS:
         assert fp32[f"ratio[{label}]"] > 0
+    assert fp32["unet_forwards[loop]"] == fp32["unet_forwards[diffusers]"] == fp32["unet_forwards[asced]"] == 2
+    assert fp32["unet_forwards[dsg+chunks:1]"] > fp32["unet_forwards[dsg]"]  # the chunks' recomputed forwards
+    assert "network_fixed_ratio[loop/diffusers]" in fp32 and "network_fixed_ratio[dsg+chunks:1/dsg]" not in fp32
     assert fp32["loop_vs_diffusers_max_abs_diff"] < 1e-4  # the same trajectory as DDIMPipeline from the same x_T
     memory = next(r["metrics"] for r in records if r["cell"]["method"] == "memory")
     for name in MEMORY_RUNS:
