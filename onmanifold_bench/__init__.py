@@ -34,10 +34,11 @@ __all__ = ["Cell", "Suite", "run_suite", "summarize", "SUITES", "run_bench_cli",
 
 
 def _suites() -> dict[str, Callable[..., Suite]]:
-    from . import asced, compose, dsg, foundation, latent, speed, tag
+    from . import asced, compose, dsg, foundation, fronts, latent, speed, tag
 
     return {"models": foundation.models_suite, "dsg": dsg.dsg_suite, "tag": tag.tag_suite, "asced": asced.asced_suite,
-            "compose": compose.compose_suite, "latent": latent.latent_suite, "speed": speed.speed_suite}
+            "compose": compose.compose_suite, "latent": latent.latent_suite, "fronts": fronts.fronts_suite,
+            "speed": speed.speed_suite}
 
 
 SUITES = _suites
@@ -144,6 +145,24 @@ def _import(suite: Suite, run_dir: str, source: str | Path, why: str) -> None:
     _command_history(run_dir, "", imported_commands)  # the history is in the run dir before any cell runs
 
 
+def _strength_grids(args) -> dict:
+    """``--zetas`` / ``--rates`` as the fronts suite's grids; refused (naming the flag) for another suite or when not numbers."""
+    out = {}
+    for flag, key in (("--zetas", "zetas"), ("--rates", "rates")):
+        text = getattr(args, key, None)
+        if text is None:
+            continue
+        if args.suite != "fronts":
+            raise ValueError(f"{flag}: only the fronts suite takes a strength grid (suite {args.suite!r})")
+        try:
+            out[key] = tuple(float(v) for v in text.split(",")) if text.strip() else ()
+        except ValueError:
+            raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+    if "rates" in out and any(v > 1 for v in out["rates"]):
+        raise ValueError(f"--rates: DSG's guidance rate lies in (0, 1], got {text!r}")
+    return out
+
+
 def run_bench_cli(args, progress: bool, command: str) -> int:
     """Entry point of ``onmanifold bench``."""
     suites = _suites()
@@ -167,7 +186,7 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         raise ValueError("--no-import: cannot be combined with --import-results")
     run_dir = args.run_dir or default_run_dir(args.suite, args.quick)
     results_dir = Path(args.results_dir or (run_dir if args.quick else "docs/results"))
-    suite = suites[args.suite](args.quick, run_dir)
+    suite = suites[args.suite](args.quick, run_dir, **_strength_grids(args))
     cell_filter = cell_selector(args.only, args.exclude, suite.cells)
     committed = results_dir / f"{suite.name}.json"
     rank, world = _distributed_init()

@@ -287,7 +287,7 @@ def _fewstep_cell(m, s, loaded, phi, records) -> dict:
     return out
 
 
-def _label_plugins(method, value, loss, phi, chosen, data_var):
+def label_guidance_plugins(method, value, loss, phi, chosen, data_var):
     """Plugins of a label-guidance method; ``value`` is its own knob, ``chosen`` the DPS/DSG knobs picked on validation."""
     from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
     from onmanifold.temporal import EpsilonScaling, LangevinCorrector, TemporalAlignmentGuidance, TimeCorrectionSampler, TimeShiftSampler
@@ -347,7 +347,7 @@ def _label_cell(m, s, loaded, phi, records) -> dict:
     else:
         value = best(method, "fd")
     rec = TimeGapRecorder(phi)
-    plugins = [rec] + _label_plugins(method, value, loss, phi, chosen, data_var)
+    plugins = [rec] + label_guidance_plugins(method, value, loss, phi, chosen, data_var)
     x, sec = _sample(loaded, plugins, 50, n, seed=100 if m == "label-val" else 0, eta=1.0)
     with torch.no_grad():
         acc = metrics.accuracy(eval_classifier("digits")(x.clamp(-1, 1)), target)

@@ -1,0 +1,215 @@
+"""``onmanifold bench fronts``: accuracy–FD fronts of guidance strength for DPS, DSG, TAG and the baselines.
+
+Both guidance papers claim that loss guidance leaves the data manifold the harder it guides, and
+that their method lets one guide harder at the same quality (docs/methods/dsg.md, docs/methods/tag.md).
+A single operating point cannot test that; this suite sweeps the strength far enough to break
+fidelity and compares whole fronts.
+
+* beds: label guidance on digits (DDIM-50, eta = 1, targets ``i mod 10``); two-attribute guidance on
+  shapes (DDIM-25, eta = 1, the four (type, size) pairs of the TAG suite, the summed cross-entropies
+  of the guidance classifier's two heads).
+* strengths: DPS zeta on the log grid ``DPS_ZETAS``; DSG g_r in ``DSG_RATES`` (over [0.05, 1]);
+  the unguided sampler is the strength-0 point of every front.
+* corrections at every strength: on DPS, TAG (``pre`` and ``inline``), Epsilon Scaling, TCS,
+  Time-Shift and Langevin; on DSG, TAG (``pre``); on shapes also ASCED on both (its defaults for
+  32x32, no knob). Each correction's knob is chosen *at that strength* on validation seeds: the
+  lowest validation FD among the knob values whose validation accuracy is at least the uncorrected
+  method's minus ``ACCURACY_TOLERANCE`` (so a correction cannot win by undoing the guidance); if
+  none qualifies, the highest accuracy.
+* samples: ``n`` test samples per point (seed 0, the same seeds for every method and strength),
+  ``n_val`` validation samples (seed 100). Accuracy by the independent evaluation classifier (both
+  heads right on shapes); FD in its features against the bed's held-out reference (digits) or the
+  pair-matched attribute pool (shapes); time gap under the bed's bundled time predictor.
+* analysis (the ``fronts`` cell of each bed, onmanifold_bench/fronts_analysis.py): dominated points,
+  the signed area between fronts per method pair and paired bootstrap intervals (``BOOTSTRAP_REPS``
+  replicates of the sample indices, shared by every point).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onmanifold.io import save_tensors_atomic
+from onmanifold.testbeds import get_testbed
+
+from .models import diffusion_model, time_predictor
+from .runner import Cell, Suite, finished_records
+from .tag import LABEL_KNOBS, SHAPE_PAIRS, _sample, label_guidance_plugins
+from .timing import per_sample
+
+__all__ = ["fronts_suite", "DPS_ZETAS", "DSG_RATES", "check_strength_grid", "front_methods", "reference_features", "point_file"]
+
+DPS_ZETAS = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+DSG_RATES = (0.05, 0.1, 0.2, 0.4, 0.7, 1.0)
+DPS_CORRECTIONS = ("dps+tag", "dps+tag-inline", "dps+es", "dps+tcs", "dps+tss", "dps+langevin")
+DSG_CORRECTIONS = ("dsg+tag",)
+ASCED_METHODS = ("dps+asced", "dsg+asced")
+ACCURACY_TOLERANCE = 0.02
+BOOTSTRAP_REPS = 500
+BEDS = {
+    # bed: (steps, batch size, time predictor, the methods' sample count scale)
+    "digits": {"steps": 50, "batch_size": 256, "predictor": "digits-time"},
+    "shapes": {"steps": 25, "batch_size": 128, "predictor": "shapes-time"},
+}
+
+
+def check_strength_grid(name: str, grid) -> tuple[float, ...]:
+    """``grid`` as a tuple of floats, refused (``ValueError`` naming ``name``) when empty, not finite, <= 0 or not increasing."""
+    values = tuple(grid)
+    if not values:
+        raise ValueError(f"{name}: the strength grid is empty")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0 for v in values):
+        raise ValueError(f"{name}: expected positive finite strengths, got {values!r}")
+    if any(b <= a for a, b in zip(values[:-1], values[1:])):
+        raise ValueError(f"{name}: the strengths must increase, got {values!r}")
+    return tuple(float(v) for v in values)
+
+
+def front_methods(bed: str) -> tuple[str, ...]:
+    """The methods of ``bed``'s fronts: DPS, DSG and their corrections (ASCED on shapes only)."""
+    if bed not in BEDS:
+        raise ValueError(f"bed: expected one of {sorted(BEDS)} (beds with the attributes label guidance needs), got {bed!r}")
+    return ("dps", "dsg", *DPS_CORRECTIONS, *DSG_CORRECTIONS, *(ASCED_METHODS if bed == "shapes" else ()))
+
+
+def _strengths(method: str, zetas, rates) -> tuple[float, ...]:
+    return zetas if method.startswith("dps") else rates
+
+
+def _knob(method: str):
+    return LABEL_KNOBS[method] if method in LABEL_KNOBS else (None, (None,))
+
+
+def fronts_suite(quick: bool = False, run_dir: str | Path = "runs/fronts", beds=("digits", "shapes"),
+                 zetas=DPS_ZETAS, rates=DSG_RATES) -> Suite:
+    """Accuracy–FD (and accuracy–time-gap) fronts of every guidance method and correction (module docstring)."""
+    run_dir = Path(run_dir)
+    zetas, rates = check_strength_grid("--zetas", zetas), check_strength_grid("--rates", rates)
+    n_val, n = (16, 32) if quick else (128, 256)
+    reps = 50 if quick else BOOTSTRAP_REPS
+    cells: list[Cell] = []
+    for bed in beds:
+        methods = front_methods(bed)
+        cells.append(Cell("val", {"bed": bed, "method": "none", "strength": 0.0, "value": None, "n": n_val}))
+        cells.append(Cell("test", {"bed": bed, "method": "none", "strength": 0.0, "n": n}))
+        for method in methods:
+            knob, grid = _knob(method) if "+" in method else (None, (None,))
+            for s in _strengths(method, zetas, rates):
+                if "+" in method and knob is not None:
+                    cells += [Cell("val", {"bed": bed, "method": method, "strength": s, "value": v, "n": n_val}) for v in (grid[:2] if quick else grid)]
+                elif "+" not in method:
+                    cells.append(Cell("val", {"bed": bed, "method": method, "strength": s, "value": None, "n": n_val}))
+                cells.append(Cell("test", {"bed": bed, "method": method, "strength": s, "n": n}))
+        cells.append(Cell("fronts", {"bed": bed, "n": n, "reps": reps}))
+
+    def records(cell_method: str, /, **match) -> list[dict]:
+        return finished_records(cells, run_dir, cell_method, **match)
+
+    def run_cell(cell: Cell) -> dict:
+        s = cell.setting
+        if cell.method == "fronts":
+            from .fronts_report import analyse_bed
+
+            tests = [r for r in records("test", bed=s["bed"])]
+            return analyse_bed(s["bed"], tests, run_dir / "samples", s["reps"])
+        if cell.method == "val":
+            value = s["value"]
+        else:
+            value = _chosen_knob(s["bed"], s["method"], s["strength"], records)
+        out = _front_point(s["bed"], s["method"], s["strength"], value, s["n"], split=cell.method,
+                           samples_file=run_dir / "samples" / point_file(s) if cell.method == "test" else None)
+        return {**out, "value": value}
+
+    from .fronts_report import write_fronts_report
+
+    return Suite("fronts", cells, run_cell, description=__doc__.split("\n\n", 1)[1].strip(),
+                 columns=["value", "acc", "fd", "tg", "s_per_sample"], report=write_fronts_report)
+
+
+def point_file(setting: dict) -> str:
+    """The file name of a test point's per-sample data (correctness, features) under ``run_dir/samples``."""
+    return f"{setting['bed']}-{setting['method']}-{setting['strength']:g}.pt"
+
+
+def _chosen_knob(bed: str, method: str, strength: float, records) -> float | None:
+    """The knob of ``method`` at ``strength`` by the suite's rule (module docstring); ``None`` for knob-less methods."""
+    knob, _ = _knob(method)
+    if "+" not in method or knob is None:
+        return None
+    base = records("val", bed=bed, method=method.split("+")[0], strength=strength)[0]["metrics"]
+    vals = records("val", bed=bed, method=method, strength=strength)
+    ok = [r for r in vals if r["metrics"]["acc"] >= base["acc"] - ACCURACY_TOLERANCE]
+    if not ok:
+        return max(vals, key=lambda r: (r["metrics"]["acc"], -r["cell"]["setting"]["value"]))["cell"]["setting"]["value"]
+    return min(ok, key=lambda r: (r["metrics"]["fd"], r["cell"]["setting"]["value"]))["cell"]["setting"]["value"]
+
+
+def _targets(bed: str, n: int) -> torch.Tensor:
+    """Per-sample targets: digits ``(n,)`` labels ``i mod 10``; shapes ``(n, 2)`` (type, size) in four equal blocks."""
+    if bed == "digits":
+        return torch.arange(n) % 10
+    per_pair = n // len(SHAPE_PAIRS)
+    return torch.tensor([p for p in SHAPE_PAIRS for _ in range(per_pair)])
+
+
+def reference_features(bed: str, n: int) -> torch.Tensor:
+    """The FD reference of ``bed``'s fronts: the held-out digits, or the attribute pool matched to the ``n`` shapes targets."""
+    from onmanifold import metrics
+    from onmanifold.evaluate import eval_classifier, reference_set
+
+    if bed == "digits":
+        return metrics.classifier_features(eval_classifier("digits"), reference_set("digits", "heldout"))
+    x, labels = get_testbed("shapes").images("attribute-pool")
+    per_pair = n // len(SHAPE_PAIRS)
+    ref = torch.cat([x[(labels[:, 0] == ty) & (labels[:, 1] == sz)][: 4 * per_pair] for ty, sz in SHAPE_PAIRS])
+    return metrics.classifier_features(eval_classifier("shapes"), ref)
+
+
+def _front_point(bed: str, method: str, strength: float, value, n: int, split: str, samples_file: Path | None) -> dict:
+    """Sample ``n`` guided samples of one point and score them; the test split keeps per-sample data for the bootstrap."""
+    from onmanifold import metrics
+    from onmanifold.artifacts import AbnormalScoreCorrection, CorrectionConfig, DetectorConfig
+    from onmanifold.evaluate import eval_classifier, guidance_classifier
+    from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
+    from onmanifold.losses import ClassifierLoss, SumOfLosses
+    from onmanifold.temporal import TimeGapRecorder, image_variance
+
+    cfg = BEDS[bed]
+    if bed == "shapes" and n % len(SHAPE_PAIRS):
+        raise ValueError(f"n: shapes needs a multiple of {len(SHAPE_PAIRS)} samples (one block per (type, size) pair), got {n}")
+    target = _targets(bed, n)
+    clf = guidance_classifier(bed)
+    if bed == "digits":
+        loss = ClassifierLoss(clf, target)
+    else:
+        loss = SumOfLosses([ClassifierLoss(clf, target[:, 0], head=0), ClassifierLoss(clf, target[:, 1], head=1)])
+    phi = time_predictor(cfg["predictor"])
+    rec = TimeGapRecorder(phi)
+    if method == "none":
+        plugins = []
+    elif method in ASCED_METHODS:
+        asced = AbnormalScoreCorrection(DetectorConfig.for_resolution(32), CorrectionConfig.for_resolution(32, eta_c=None))
+        guide = DiffusionPosteriorSampling(loss, strength) if method.startswith("dps") else SphericalGaussianGuidance(loss, strength, 1)
+        plugins = [asced, guide]
+    else:
+        data_var = image_variance(get_testbed(bed).images("train")[0])
+        plugins = label_guidance_plugins(method, strength if "+" not in method else value, loss, phi,
+                                         {"dps": strength, "dsg": strength}, data_var)
+    x, sec = _sample(diffusion_model(get_testbed(bed).model), [rec, *plugins], cfg["steps"], n,
+                     seed=100 if split == "val" else 0, eta=1.0, batch_size=cfg["batch_size"])
+    x = x.clamp(-1, 1)
+    ev = eval_classifier(bed)
+    with torch.no_grad():
+        logits = ev(x)
+    if bed == "digits":
+        correct = logits.argmax(1) == target
+    else:
+        correct = (logits[0].argmax(1) == target[:, 0]) & (logits[1].argmax(1) == target[:, 1])
+    feats = metrics.classifier_features(ev, x)
+    fd = metrics.frechet_distance(feats, reference_features(bed, n))
+    if samples_file is not None:
+        save_tensors_atomic(samples_file, {"correct": correct.cpu(), "features": feats.cpu().double()})
+    return {"acc": float(correct.float().mean()), "fd": fd, "tg": rec.mean(), "s_per_sample": per_sample(sec, n)}
