@@ -216,12 +216,12 @@ def _dsg_probes() -> list[Probe]:
 
     k, g_r = table3("sr", 20)
     return [
-        Probe("dsg", "dps", "digits box, DDIM-20 eta 1, zeta 3 (the chosen zeta), n = 256", inverse("digits", "box", "dps", 20, 256, zeta=3.0)),
-        Probe("dsg", "dsg", "digits box, DDIM-20 eta 1, k 1, g_r 0.2, n = 256", inverse("digits", "box", "dsg", 20, 256, g_r=0.2, k=1)),
-        Probe("dsg", "dps", "shapes SR x4, DDIM-20 eta 1, zeta 3 (the chosen zeta), n = 64", inverse("shapes", "sr", "dps", 20, 64, zeta=3.0)),
-        Probe("dsg", "dsg", f"shapes SR x4, DDIM-20 eta 1, k {k}, g_r {g_r}, n = 64", inverse("shapes", "sr", "dsg", 20, 64, g_r=g_r, k=k)),
-        Probe("dsg", "label-dps", "digits label guidance, DDIM-100 eta 1, zeta 1 (the chosen zeta), n = 128", label("dps", 128, zeta=1.0)),
-        Probe("dsg", "label-dsg", "digits label guidance, DDIM-100 eta 1, g_r 0.3 (the chosen g_r), n = 128", label("dsg", 128, g_r=0.3)),
+        Probe("dsg", "dps", "digits box, DDIM-20 eta 1, zeta 3 (the chosen zeta), n = 128", inverse("digits", "box", "dps", 20, 128, zeta=3.0)),
+        Probe("dsg", "dsg", "digits box, DDIM-20 eta 1, k 1, g_r 0.2, n = 128", inverse("digits", "box", "dsg", 20, 128, g_r=0.2, k=1)),
+        Probe("dsg", "dps", "shapes SR x4, DDIM-20 eta 1, zeta 3 (the chosen zeta), n = 32", inverse("shapes", "sr", "dps", 20, 32, zeta=3.0)),
+        Probe("dsg", "dsg", f"shapes SR x4, DDIM-20 eta 1, k {k}, g_r {g_r}, n = 32", inverse("shapes", "sr", "dsg", 20, 32, g_r=g_r, k=k)),
+        Probe("dsg", "label-dps", "digits label guidance, DDIM-100 eta 1, zeta 1 (the chosen zeta), n = 64", label("dps", 64, zeta=1.0)),
+        Probe("dsg", "label-dsg", "digits label guidance, DDIM-100 eta 1, g_r 0.3 (the chosen g_r), n = 64", label("dsg", 64, g_r=0.3)),
     ]
 
 
@@ -241,7 +241,7 @@ def _tag_probes() -> list[Probe]:
 
         return run
 
-    def corrupt(omega0: float, n: int = 256):
+    def corrupt(omega0: float, n: int = 128):
         def run():
             phi = time_predictor("digits-time")
             rec = TimeGapRecorder(phi)
@@ -254,8 +254,8 @@ def _tag_probes() -> list[Probe]:
         Probe("tag", "drift", "gmm2d, drift -0.01x, DDPM-100, n = 1000", toy(lambda: [LinearDrift(0.01)])),
         Probe("tag", "tag", "gmm2d, drift -0.01x + TAG omega0 1, DDPM-100, n = 1000",
               toy(lambda: [LinearDrift(0.01), TemporalAlignmentGuidance(time_predictor("gmm2d-time"), 1.0)])),
-        Probe("tag", "corrupted", "digits, sigma 0.2 noise every step, DDIM-50, n = 256", corrupt(0.0)),
-        Probe("tag", "tag", "digits, sigma 0.2 noise every step + TAG omega0 0.5, DDIM-50, n = 256", corrupt(0.5)),
+        Probe("tag", "corrupted", "digits, sigma 0.2 noise every step, DDIM-50, n = 128", corrupt(0.0)),
+        Probe("tag", "tag", "digits, sigma 0.2 noise every step + TAG omega0 0.5, DDIM-50, n = 128", corrupt(0.5)),
     ]
 
 
@@ -265,7 +265,7 @@ def _asced_probes() -> list[Probe]:
     from .asced import _features, _quality_from_features, run_method
     from .models import diffusion_model
 
-    def run_one(method: str, n: int = 128):
+    def run_one(method: str, n: int = 64):
         def run():
             x, det, corr, _, _ = run_method(diffusion_model("shapes-unet"), "shapes", method, n, 0)
             _, has = gt_artifact_mask(x)
@@ -276,8 +276,8 @@ def _asced_probes() -> list[Probe]:
 
         return run
 
-    return [Probe("asced", "original", "shapes, DDIM-25 (the suite's sampler), n = 128", run_one("original")),
-            Probe("asced", "asced", "shapes, DDIM-25 + ASCED (defaults for 32x32), n = 128", run_one("asced"))]
+    return [Probe("asced", "original", "shapes, DDIM-25 (the suite's sampler), n = 64", run_one("original")),
+            Probe("asced", "asced", "shapes, DDIM-25 + ASCED (defaults for 32x32), n = 64", run_one("asced"))]
 
 
 def _compose_probes() -> list[Probe]:

@@ -158,3 +158,33 @@ def test_pages_print_the_digits_the_spread_supports(tmp_path, monkeypatch):
     assert "Digits: each metric is printed with no more decimals than its rounding spread supports" in page
     assert "measured 2026-12-03 by `onmanifold bench compose --measure-spread`" in page
     assert "Not probed, printed as stored: gt_artifact_rate." in page
+
+
+def test_measure_suite_spread_records_each_method_and_metric_and_resumes(tmp_path, monkeypatch):
+    """``measure_suite_spread`` runs every probe under the four conditions, stores max - min per (method, metric) beside the
+    demo's spreads, and a rerun reuses the finished (probe, condition) pairs instead of recomputing them."""
+    import onmanifold_bench.precision as precision
+
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return {"fd": 2.0 + 0.01 * len(calls)}
+
+    monkeypatch.setattr(precision, "SUITE_PROBES", {"dsg": lambda: [precision.Probe("dsg", "dps", "a probe", probe)]})
+    out = tmp_path / "precision.json"
+    out.write_text(json.dumps({"spreads": {"e | m": {"FD": 0.1}}, "values": {"base": [{"experiment": "e", "method": "m", "FD": 1.0}]},
+                               "command": "demo", "date": "d", "conditions": []}))
+    precision.measure_suite_spread("dsg", out=out, command="onmanifold bench dsg --measure-spread", scratch=tmp_path / "scratch.json")
+    record = json.loads(out.read_text())
+    assert record["spreads"] == {"e | m": {"FD": 0.1}}  # the demo's spreads are kept
+    assert len(calls) == 4 and abs(record["suites"]["dsg"]["probes"][0]["spreads"]["fd"] - 0.03) < 1e-12
+    assert precision.load_suite_spread("dsg", out)["spreads"] == {("dps", "fd"): record["suites"]["dsg"]["probes"][0]["spreads"]["fd"]}
+    precision.measure_suite_spread("dsg", out=out, scratch=tmp_path / "scratch.json")
+    assert len(calls) == 4  # resumed: nothing recomputed
+    assert "Rounding spread of the results pages' numbers" in out.with_suffix(".md").read_text()
+
+
+def test_measure_spread_takes_no_cell_filter(tmp_path, capsys):
+    assert main(["bench", "dsg", "--measure-spread", "--only", "method=dps", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "--measure-spread" in capsys.readouterr().err
