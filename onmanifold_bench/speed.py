@@ -343,7 +343,8 @@ def write_speed_report(records: list[dict], results_dir, command: str, run_dir) 
         base = m["mib_per_sample[loop]"]
         L.append(f"- Memory: DPS and DSG hold {m['mib_per_sample[dps]'] / base:.1f} and {m['mib_per_sample[dsg]'] / base:.1f} times the plain "
                  f"loop's peak per sample (the UNet's autograd graph); gradient checkpointing brings DSG to "
-                 f"{m['mib_per_sample[dsg+checkpoint]'] / m['mib_per_sample[dsg]']:.2f} of it with the same samples bit for bit, chunks of one "
+                 f"{m['mib_per_sample[dsg+checkpoint]'] / m['mib_per_sample[dsg]']:.2f} of it (samples differing from DSG's by at most "
+                 f"{m['max_abs_diff_vs_dsg[dsg+checkpoint]']:.1e}), chunks of one "
                  f"sample to {m['mib_per_sample[dsg+chunks:1]'] / m['mib_per_sample[dsg]']:.2f} (at batch {r['cell']['setting']['batch']}; one sample's graph at a time whatever the "
                  f"batch), both to {m['mib_per_sample[dsg+checkpoint+chunks:1]'] / m['mib_per_sample[dsg]']:.2f}.")
     L += ["- The machine is shared (two cores, other jobs running): wall-clock and even CPU-time rounds drift by more than the "
