@@ -581,7 +581,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
               "the detector's correction mask M_d, the ground-truth mask G, ASCED's output, oracle + TTC's output.", "",
               "![grid](figures/asced_grid_shapes.png)", ""]
     # the masks overlaid on the samples, before and after correction (the figure onmanifold report draws: onmanifold_bench/figures.py)
-    from .figures import FigureDataMissing, asced_overlay_figure, run_dir_artifacts
+    from .figures import FigureDataMissing, asced_overlay_figure, ensure_caption, run_dir_artifacts
 
     overlay = fig_dir / "asced_overlay_shapes.png"
     try:
@@ -596,6 +596,13 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     if _digits_grid(cells, artifact_of, fig_dir / "asced_grid_digits.png", save_rows) or (kept and (fig_dir / "asced_grid_digits.png").is_file()):
         L += ["## Figure: digits, flagged samples", "", "Rows: the original sample, the detector's correction mask M_d (r = 0 at 8x8, so "
               "M_d = M), ASCED's output. The first ten flagged seeds.", "", "![digits grid](figures/asced_grid_digits.png)", ""]
+    ensure_caption(fig_dir / "asced_grid_shapes.png", (
+        "ASCED on shapes (DDIM-25, first cell): columns, flagged samples with a ground-truth artifact first, then flagged without, "
+        "missed, and clean; rows, the original sample, the detector's correction mask M_d, the ground-truth mask G, ASCED's output, "
+        "oracle + TTC's output (same seeds)."))
+    ensure_caption(fig_dir / "asced_grid_digits.png", (
+        "ASCED on digits (DDIM-25, first cell): the first ten flagged seeds; rows, the original sample, the detector's correction "
+        "mask M_d (= M at 8x8), ASCED's output (same seed)."))
     # -------- phases
     N = STEPS
     for bed in ("shapes", "digits"):
@@ -613,6 +620,11 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
                 curves["share of non-G pixels flagged"] = fout.tolist()
         plot_phase_histogram(curves, b["phases"], N, fig_dir / f"asced_phases_{bed}.png",
                              title=f"{bed}: abnormal-event histogram (original DDIM-25 runs)", window=(round(0.24 * N), round(0.48 * N)))
+        ensure_caption(fig_dir / f"asced_phases_{bed}.png", (
+            f"ASCED's phases on {bed} (original DDIM-25 runs): bars, the share f_n of pixels the per-step test flags at step n; lines, "
+            "the same after the component filters" + (", split by images with and without a ground-truth artifact, and the shares of "
+                                                      "pixels flagged inside and outside the ground-truth mask G" if bed == "shapes" else "")
+            + "; shaded: the Profiling / Mutation / Refinement phases; marked: the detection window [n_d, n_c)."))
         ph = b["phases"]
         names = phase_of_steps(ph, N)
         L += [f"## Phases ({bed})", "", f"![phases](figures/asced_phases_{bed}.png)", "",

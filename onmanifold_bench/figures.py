@@ -27,7 +27,7 @@ import torch
 
 from .runner import Cell
 
-__all__ = ["FigureDataMissing", "method_figures", "dsg_figure", "tag_toy_figure", "tag_time_gap_figure", "asced_overlay_figure", "run_dir_artifacts"]
+__all__ = ["FigureDataMissing", "method_figures", "ensure_caption", "dsg_figure", "tag_toy_figure", "tag_time_gap_figure", "asced_overlay_figure", "run_dir_artifacts"]
 
 Artifact = Callable[[dict], "Path | None"]
 MAX_COLUMNS = 10
@@ -64,6 +64,28 @@ def _find(records: list[dict], method: str, **setting) -> dict | None:
         if r["cell"]["method"] == method and all(s.get(k) == v for k, v in setting.items()):
             return r
     return None
+
+
+def ensure_caption(path: Path, caption: str) -> None:
+    """Store ``caption`` in the PNG at ``path`` when it has none (pixels unchanged; written atomically): for figures drawn
+    by code that takes no caption, or kept from a run that drew them before figures carried captions."""
+    import io
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from onmanifold.images import read_caption
+    from onmanifold.io import write_bytes_atomic
+
+    path = Path(path)
+    if not path.is_file() or read_caption(path):
+        return
+    info = PngInfo()
+    info.add_text("Description", caption)
+    buf = io.BytesIO()
+    with Image.open(path) as img:
+        img.save(buf, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------------------ DSG / DPS
