@@ -1,4 +1,10 @@
-"""How many digits the demo's numbers hold: their rounding spread, measured (``onmanifold bench precision``).
+"""How many digits the demo's and the results pages' numbers hold: their rounding spread, measured.
+
+``onmanifold demo --measure-spread`` measures every value of the demo's table (:func:`measure_demo_spread`);
+``onmanifold bench SUITE --measure-spread`` one representative cell per method and metric family of a
+suite (:data:`SUITE_PROBES`, :func:`measure_suite_spread`), whose spreads the suite's page applies to
+every cell of that method (:class:`onmanifold_bench.tables.MetricFormat`). Both go to
+``docs/results/precision.json`` and ``.md``.
 
 A number computed through a diffusion sampler is only reproducible to the float rounding of the
 machine: guided samplers amplify it (DPS with ``zeta = 10`` moves FD by 0.15 when eps changes by one
