@@ -107,8 +107,12 @@ def test_asced_page(tmp_path, monkeypatch):
         assert (tmp_path / "results" / "figures" / fig).is_file()
 
 
-def test_compose_page_regenerated_from_its_committed_json(tmp_path, capsys):
-    """``onmanifold bench compose --import-results docs/results/compose.json`` into a scratch results dir: same tables."""
+def test_compose_page_regenerated_from_its_committed_json(tmp_path, capsys, monkeypatch):
+    """``onmanifold bench compose --import-results docs/results/compose.json`` into a scratch results dir: same tables
+    (with the committed rounding spreads, as the committed page was written)."""
+    import onmanifold_bench.precision as precision
+
+    monkeypatch.setattr(precision, "SPREAD_FILE", RESULTS / "precision.json")
     res = tmp_path / "results"
     assert main(["bench", "compose", "--import-results", str(RESULTS / "compose.json"), "--run-dir", str(tmp_path / "run"),
                  "--results-dir", str(res), "--no-progress"]) == 0
