@@ -119,7 +119,7 @@ def test_sample_outputs_form_one_set(tmp_path):
 @pytest.mark.parametrize("argv, kept", [
     (["sample", "gmm2d-mlp", "--out", "OUT"], "OUT holds the outputs it held before"),
     (["train", "diffusion", "--bed", "gmm2d", "--out", "OUT", "--save-every", "10"], "rerun the same command with --resume"),
-    (["train", "classifier", "--bed", "digits", "--role", "eval", "--out", "OUT"], "not resumable"),
+    (["train", "classifier", "--bed", "digits", "--role", "eval", "--out", "OUT"], "rerun the same command with --resume"),
     (["bench", "dsg", "--run-dir", "OUT"], "every finished cell is kept in OUT/cells; rerun the same command to resume"),
     (["report", "OUT"], "report.html and report.md were not replaced"),
     (["demo", "--out", "OUT"], "rerun the command"),
