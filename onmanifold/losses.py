@@ -4,6 +4,11 @@ A loss is called as ``loss(x0_hat, rows)`` and returns shape ``(B,)``; ``rows`` 
 batch in the whole run, :attr:`StepState.rows`) select the per-sample measurements or targets.
 Any plain callable ``x0_hat -> (B,)`` works too.
 
+Devices: a loss follows ``x0_hat``: its data (measurement ``y``, targets, reference features) moves to
+``x0_hat``'s device the first time it is called there (one transfer, :func:`onmanifold.device.buffer_on`);
+the networks it wraps (classifier, feature net, decoder) must already be there. Residual norms and
+cross-entropies of half-precision runs are taken in float32 at least.
+
 * :class:`MeasurementLoss` — ``L_b = ||y_b - A(x0_hat_b)||_2`` (un-squared residual norm; DPS's
   squared loss with step ``zeta / (2 ||y - A x0||)`` is the same update; docs/methods/dsg.md#D6).
 * :class:`ClassifierLoss` — ``L_b = -log softmax(f(x0_hat_b))[c_b]`` (label guidance).
@@ -20,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import at_least_float32, buffer_on
 from .operators import Operator
 
 __all__ = ["GuidanceLoss", "MeasurementLoss", "ClassifierLoss", "FeatureLoss", "DecodedLoss", "SumOfLosses", "call_loss"]
@@ -58,7 +64,7 @@ class MeasurementLoss(GuidanceLoss):
         self.register_buffer("y", y.float())
 
     def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        y = _select(self.y, rows, x0.shape[0], "y")
+        y = _select(buffer_on(self, "y", x0.device), rows, x0.shape[0], "y")
         ax = self.operator(x0, rows)
         if ax.shape != y.shape:
             raise ValueError(f"y: shape {tuple(y.shape)} does not match A(x0_hat) of shape {tuple(ax.shape)}")
@@ -77,18 +83,21 @@ class ClassifierLoss(GuidanceLoss):
         super().__init__()
         self.classifier = classifier
         self.head = head
-        self.target = target if isinstance(target, int) else torch.as_tensor(target, dtype=torch.long)
+        if isinstance(target, int):
+            self.target = target
+        else:
+            self.register_buffer("target", torch.as_tensor(target, dtype=torch.long))
 
     def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         out = self.classifier(x0) if self.head is None else self.classifier(x0, head=self.head)
         logits = out[0] if isinstance(out, list) else out
         if isinstance(self.target, int):
-            tgt = torch.full((x0.shape[0],), self.target, dtype=torch.long)
+            tgt = torch.full((x0.shape[0],), self.target, dtype=torch.long, device=x0.device)
         else:
-            tgt = _select(self.target, rows, x0.shape[0], "target")
+            tgt = _select(buffer_on(self, "target", x0.device), rows, x0.shape[0], "target")
         if int(tgt.max()) >= logits.shape[1] or int(tgt.min()) < 0:
             raise ValueError(f"target: labels must be in [0, {logits.shape[1] - 1}]")
-        return F.cross_entropy(logits, tgt, reduction="none")
+        return F.cross_entropy(at_least_float32(logits), tgt, reduction="none")
 
 
 class SumOfLosses(GuidanceLoss):
@@ -128,7 +137,8 @@ class FeatureLoss(GuidanceLoss):
         self.register_buffer("ref", reference_features.detach().float())
 
     def forward(self, x0: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        ref = self.ref if self.ref.shape[0] == 1 else _select(self.ref, rows, x0.shape[0], "reference_features")
+        ref = buffer_on(self, "ref", x0.device)
+        ref = ref if ref.shape[0] == 1 else _select(ref, rows, x0.shape[0], "reference_features")
         return (self.phi(x0) - ref).flatten(1).norm(dim=1)
 
 

@@ -197,7 +197,7 @@ class GaussianMixtureModel(nn.Module):
     def component_log_probs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``(B, K)``: ``log w_j + log N(x; sqrt(abar_t) mu_j, v_j I)``."""
         xf = x.reshape(x.shape[0], -1).double()
-        t = torch.as_tensor(t, dtype=torch.long).expand(x.shape[0])
+        t = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(x.shape[0])
         m, v = self._params(t)
         d = xf.shape[1]
         sq = (xf[:, None, :] - m).pow(2).sum(-1)
@@ -210,14 +210,14 @@ class GaussianMixtureModel(nn.Module):
     def score(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """Exact ``grad_x log p_t(x) = sum_j gamma_j (sqrt(abar_t) mu_j - x) / v_j``, shape of ``x``."""
         xf = x.reshape(x.shape[0], -1).double()
-        t = torch.as_tensor(t, dtype=torch.long).expand(x.shape[0])
+        t = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(x.shape[0])
         m, v = self._params(t)
         gamma = torch.softmax(self.component_log_probs(x, t), dim=1)  # (B, K)
         s = (gamma[:, :, None] * (m - xf[:, None, :]) / v[:, :, None]).sum(1)
         return s.reshape(x.shape).to(x.dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        t = torch.as_tensor(t, dtype=torch.long).expand(x.shape[0])
+        t = torch.as_tensor(t, dtype=torch.long, device=x.device).expand(x.shape[0])
         a = self.schedule.abar(t, torch.float64).reshape(-1, *([1] * (x.dim() - 1)))
         return (-(1 - a).sqrt() * self.score(x, t).double()).to(x.dtype)
 
@@ -302,6 +302,23 @@ class LoadedModel:
     data_range: tuple[float, float] | None  # clamp range of x0_hat (None: no clamping, e.g. gmm2d or latents)
     name: str
     scheduler_config: dict | None = None  # the checkpoint's diffusers scheduler config (None: a bundled non-diffusers model)
+
+    def to(self, device: Any = None, dtype: Any = None) -> "LoadedModel":
+        """Move the network (a latent model's UNet and VAE too) to ``device`` and cast its floating weights to ``dtype``;
+        returns itself. Sampling then runs there, in that precision: the loop follows the model
+        (:func:`onmanifold.device.run_placement`). ``ValueError`` naming the argument for a device this machine does
+        not have or a dtype that is not a floating type."""
+        from .device import check_device, check_dtype
+
+        kwargs = {}
+        if device is not None:
+            kwargs["device"] = check_device(device, "device")
+        if dtype is not None:
+            kwargs["dtype"] = check_dtype(dtype, "dtype")
+        if not isinstance(self.model, nn.Module):
+            raise ValueError(f"model: {self.name!r} is a {type(self.model).__name__}, not a torch module that can be moved")
+        self.model.to(**kwargs)
+        return self
 
     def sampler(self, num_steps: int, eta: float = 0.0, **overrides: Any):
         """The :class:`~onmanifold.sampler.DDIMSampler` the checkpoint's scheduler config describes.

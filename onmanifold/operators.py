@@ -16,6 +16,10 @@ Operators with per-sample parameters (inpainting masks) hold one row per sample 
 Randomness: masks and measurement noise of sample ``i`` come from
 :func:`onmanifold.random.generator_for` ``(seed, i, "measurement-mask")`` / ``"measurement-noise"``,
 independent of the sampler's streams and of the number of samples.
+
+Devices: an operator follows its input: its masks and kernel move to ``x``'s device the first time it is
+applied there (one transfer, :func:`onmanifold.device.buffer_on`); the measurement noise is drawn on the CPU
+generators and moved to the measurement's device, so ``y`` is the same on every device.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .device import buffer_on
 from .random import generator_for
 
 __all__ = ["Operator", "Inpainting", "Downsample", "GaussianBlur", "box_masks", "random_masks", "make_measurements"]
@@ -83,7 +88,8 @@ class Inpainting(Operator):
         self.register_buffer("masks", masks.float())
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        m = self.masks if rows is None else self.masks[rows]
+        masks = buffer_on(self, "masks", x.device)
+        m = masks if rows is None else masks[rows]
         if m.shape[0] != x.shape[0] or m.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"x: expected {m.shape[0]} images of size {tuple(m.shape[-2:])}, got {tuple(x.shape)}")
         return m * x
@@ -126,7 +132,7 @@ class GaussianBlur(Operator):
         if min(x.shape[-2:]) <= p:
             raise ValueError(f"x: image size {tuple(x.shape[-2:])} too small for a {self.size}x{self.size} kernel")
         xp = F.pad(x, (p, p, p, p), mode="reflect")
-        return F.conv2d(xp, self.kernel.to(x.dtype).expand(C, 1, -1, -1), groups=C)
+        return F.conv2d(xp, buffer_on(self, "kernel", x.device).to(x.dtype).expand(C, 1, -1, -1), groups=C)
 
 
 def make_measurements(operator: Operator, x: torch.Tensor, sigma_y: float, seed: int = 0) -> torch.Tensor:
@@ -136,6 +142,6 @@ def make_measurements(operator: Operator, x: torch.Tensor, sigma_y: float, seed:
     if not torch.isfinite(x).all():
         raise ValueError("x: contains NaN or Inf")
     with torch.no_grad():
-        clean = operator(x, torch.arange(x.shape[0]))
+        clean = operator(x, torch.arange(x.shape[0], device=x.device))
     noise = torch.stack([torch.randn(clean.shape[1:], generator=generator_for(seed, i, "measurement-noise")) for i in range(x.shape[0])])
-    return clean + sigma_y * noise
+    return clean + sigma_y * noise.to(clean.device)

@@ -17,6 +17,11 @@ stream                    what it draws                                         
                           random cyclic shift)
 ========================  ==========================================================  =====================
 
+Devices: every generator is a CPU generator, whatever the device of the run; a draw is made on the
+CPU (in the run's dtype) and then moved to the run's device (``device=`` of :meth:`PerSampleGenerators.randn`
+and :meth:`~PerSampleGenerators.rand`), so a seed gives the same numbers on every device, as diffusers'
+``randn_tensor`` does with a CPU generator.
+
 ``SS(words)`` is the first 64-bit word of numpy's ``SeedSequence(words)`` (a well-mixed hash: nearby
 seeds and indices give unrelated generators); ``c = crc32("asced-correction")``. The last row is a
 plain linear rule kept so that the control's recorded results stay bit-identical. An integer
@@ -65,7 +70,8 @@ def seed_for(seed: int, index: int, stream: str | int = "trajectory") -> int:
 
 
 def generator_for(seed: int, index: int, stream: str | int = "trajectory") -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded by :func:`seed_for` ``(seed, index, stream)``."""
+    """A CPU ``torch.Generator`` seeded by :func:`seed_for` ``(seed, index, stream)``; move its draws to the run's device
+    (``torch.randn(shape, generator=g, dtype=dtype).to(device)``), never the generator."""
     return torch.Generator().manual_seed(seed_for(seed, index, stream))
 
 
@@ -82,11 +88,13 @@ class PerSampleGenerators:
         self.indices = [int(i) for i in indices]
         self.generators = [generator_for(seed, i, stream) for i in self.indices]
 
-    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.stack([torch.randn(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators])
+    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """Per sample ``N(0, I)`` of ``shape_per_sample`` in ``dtype``, drawn on the CPU and moved to ``device``."""
+        return _to(torch.stack([torch.randn(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators]), device)
 
-    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.stack([torch.rand(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators])
+    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """Per sample ``U[0, 1)`` of ``shape_per_sample`` in ``dtype``, drawn on the CPU and moved to ``device``."""
+        return _to(torch.stack([torch.rand(tuple(shape_per_sample), generator=g, dtype=dtype) for g in self.generators]), device)
 
 
 class BatchGenerator:
@@ -96,8 +104,17 @@ class BatchGenerator:
         self.generator = generator
         self.batch = batch
 
-    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.randn((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype)
+    def _device(self) -> torch.device:
+        return self.generator.device if self.generator is not None else torch.device("cpu")
 
-    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.rand((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype)
+    def randn(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """The batch's ``N(0, I)``, drawn where the generator lives and moved to ``device``."""
+        return _to(torch.randn((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype, device=self._device()), device)
+
+    def rand(self, shape_per_sample: Sequence[int], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """The batch's ``U[0, 1)``, drawn where the generator lives and moved to ``device``."""
+        return _to(torch.rand((self.batch, *shape_per_sample), generator=self.generator, dtype=dtype, device=self._device()), device)
+
+
+def _to(x: torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    return x if device is None else x.to(device)

@@ -107,6 +107,11 @@ come from it, so sample ``i`` is the same whatever the batch size or the number 
 beside it. With ``generator=`` (a ``torch.Generator``) the whole batch draws from one
 generator, as diffusers does.
 
+Device and dtype: a run lives on one device in one floating dtype (``run.device``, ``run.dtype``), by
+default the model's (:mod:`onmanifold.device`). The generators stay on the CPU and every draw is moved
+to the run's device, so a seed gives the same samples on every device; the step's times, ``abar``,
+``rows`` and every tensor a plugin, loss, operator or recorder makes live on the run's device.
+
 Gradients: the loop runs under ``torch.no_grad``; when a plugin's :meth:`SamplerPlugin.needs_grad`
 says so for a step, the model call of that step runs in an ``enable_grad`` island with
 ``x_t.requires_grad_()``, and :meth:`StepState.loss_gradient` computes ``grad_{x_t} sum_b L_b`` once
@@ -222,7 +227,7 @@ class StepState:
 
     def t_tensor(self, t: int | None = None) -> torch.Tensor:
         """The step's training index as a ``LongTensor[B]``."""
-        return torch.full((self.batch_size,), self.t if t is None else t, dtype=torch.long)
+        return torch.full((self.batch_size,), self.t if t is None else t, dtype=torch.long, device=self.x_t.device)
 
     def model_t(self) -> torch.Tensor:
         """The times the network is called with: ``t_batch`` when a plugin set per-sample times, else ``t``."""
@@ -234,7 +239,7 @@ class StepState:
         The step's ``x0_hat``/``eps_hat``/``mu`` then use each sample's ``abar_{t_b}``; ``sigma`` and
         ``abar_prev`` stay those of the nominal step (Time-Shift Sampler).
         """
-        t = torch.as_tensor(t, dtype=torch.long)
+        t = torch.as_tensor(t, dtype=torch.long, device=self.x_t.device)
         if t.shape != (self.batch_size,) or (t < 0).any() or (t >= self.sampler.schedule.T).any():
             raise ValueError(f"t: expected a LongTensor ({self.batch_size},) of training steps in [0, {self.sampler.schedule.T - 1}]")
         self.t_batch = t
@@ -242,11 +247,11 @@ class StepState:
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Gaussian noise shaped like ``x`` from the per-sample generators (keeps per-sample determinism)."""
-        return self.rng.randn(x.shape[1:], dtype=x.dtype)
+        return self.rng.randn(x.shape[1:], dtype=x.dtype, device=x.device)
 
     def rand_like(self, x: torch.Tensor) -> torch.Tensor:
         """Uniform [0, 1) noise shaped like ``x`` from the per-sample generators."""
-        return self.rng.rand(x.shape[1:], dtype=x.dtype)
+        return self.rng.rand(x.shape[1:], dtype=x.dtype, device=x.device)
 
     # ------------------------------------------------------------------ the step algebra (one home)
     def abar_at(self, t: int | torch.Tensor | None = None, dtype: torch.dtype | None = None) -> float | torch.Tensor:
@@ -257,7 +262,7 @@ class StepState:
         if torch.is_tensor(t) and t.dim() > 0:
             if t.shape != (self.batch_size,):
                 raise ValueError(f"t: expected one training step per sample, shape ({self.batch_size},), got {tuple(t.shape)}")
-            a = self.sampler.schedule.abar(t, self.x_t.dtype if dtype is None else dtype)
+            a = self.sampler.schedule.abar(t.to(self.x_t.device), self.x_t.dtype if dtype is None else dtype)
             return a.reshape(-1, *([1] * (self.x_t.dim() - 1)))
         return float(self.sampler.schedule.alphas_cumprod[int(t)])
 
@@ -295,7 +300,7 @@ class StepState:
         if t is None:
             return self.model_t()
         if torch.is_tensor(t) and t.dim() > 0:
-            return t.to(torch.long)
+            return t.to(device=self.x_t.device, dtype=torch.long)
         return self.t_tensor(int(t))
 
     def model_at(self, x: torch.Tensor, t: int | torch.Tensor | None = None) -> "StepPrediction":
@@ -325,7 +330,7 @@ class StepState:
         """``x_prev = mu + noise_std z`` with a fresh ``z`` from the per-sample generators (``noise``), or ``mu`` when
         ``sigma = 0``: what the loop does after the ``after_model`` point."""
         if self.sigma > 0:
-            self.noise = self.rng.randn(self.x_t.shape[1:], dtype=self.x_t.dtype)
+            self.noise = self.rng.randn(self.x_t.shape[1:], dtype=self.x_t.dtype, device=self.x_t.device)
             self.x_prev = self.mu + self.noise_std * self.noise
         else:
             self.x_prev = self.mu
@@ -420,7 +425,7 @@ def _sqrt(v):
 
 def _bad(x: torch.Tensor, indices: list[int]) -> list[int]:
     bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-    return [indices[i] for i in torch.nonzero(bad).flatten().tolist()][:10]
+    return [indices[i] for i in torch.nonzero(bad).flatten().cpu().tolist()][:10]
 
 
 class SamplerPlugin:
@@ -708,6 +713,8 @@ class DDIMSampler:
         batch_size: int | None = None,
         progress: bool = False,
         callback: Callable[[StepState], None] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> torch.Tensor:
         """Run the reverse process and return the clean samples.
 
@@ -717,6 +724,14 @@ class DDIMSampler:
         ``batch_size`` splits the work into chunks without changing the samples (per-sample seeding).
         ``cond`` is a tensor with one row per sample (chunked along) or any object passed as is.
         ``callback(state)`` is called after every step (k-diffusion style monitoring).
+
+        ``device`` and ``dtype``: where the run's state lives and in what precision
+        (:func:`onmanifold.device.run_placement`): by default the model's device (a given ``x_T`` is moved
+        there) and ``x_T``'s dtype, else the model's (a float16/bfloat16/float64 model samples with ``shape=``
+        in its own precision). The per-sample generators stay on the CPU and their draws are moved to the
+        device, so the samples are the same on every device. A tensor ``cond`` is moved to the device.
+        ``ValueError`` naming the argument for a device this machine lacks or the model is not on, and for a
+        dtype the model's weights are not in.
 
         A model whose data has no range (``model.data_range is None``: latents) is never clamped: a
         sampler left at the default ``clamp_x0`` runs it as :meth:`without_clamping`; an explicit
@@ -728,7 +743,7 @@ class DDIMSampler:
                                  "Leave clamp_x0 unset or pass clamp_x0=False")
             return self.without_clamping().sample(
                 model, x_T, shape=shape, num_samples=num_samples, seed=seed, generator=generator, first_index=first_index,
-                plugins=plugins, cond=cond, batch_size=batch_size, progress=progress, callback=callback,
+                plugins=plugins, cond=cond, batch_size=batch_size, progress=progress, callback=callback, device=device, dtype=dtype,
             )
         plugins = list(plugins)
         for p in plugins:
@@ -754,6 +769,9 @@ class DDIMSampler:
             raise ValueError("batch_size: chunking needs per-sample seeding (seed=), not a single generator")
         if seed is None and generator is None:
             seed = 0
+        from .device import run_placement
+
+        device, dtype = run_placement(model, x_T, device, dtype)
         self._check_model_outputs(model)
         if self.micro_batch is not None:
             from .prediction import FixedMicroBatch
@@ -761,8 +779,7 @@ class DDIMSampler:
             model = FixedMicroBatch(model, self.micro_batch)
         run = RunContext(
             sampler=self, sample_shape=tuple(int(v) for v in shape), num_samples=n, seed=seed,
-            device=x_T.device if x_T is not None else torch.device("cpu"),
-            dtype=x_T.dtype if x_T is not None else torch.float32, plugins=tuple(plugins),
+            device=device, dtype=dtype, plugins=tuple(plugins),
         )
         for p in plugins:
             p.setup(run)
@@ -777,9 +794,10 @@ class DDIMSampler:
                 stop = min(start + bs, n)
                 indices = list(range(first_index + start, first_index + stop))
                 rng = PerSampleGenerators(seed, indices) if generator is None else BatchGenerator(generator, stop - start)
-                x = rng.randn(shape) if x_T is None else x_T[start:stop].clone()
+                x = rng.randn(shape, dtype=dtype, device=device) if x_T is None else x_T[start:stop].to(device, dtype).clone()
                 c = cond[start:stop] if (torch.is_tensor(cond) and cond.dim() > 0 and cond.shape[0] == n) else cond
-                x0 = self._run(model, x, rng, indices, torch.arange(start, stop), plugins, c, callback, bar)
+                c = c.to(device) if torch.is_tensor(c) else c
+                x0 = self._run(model, x, rng, indices, torch.arange(start, stop, device=device), plugins, c, callback, bar)
                 for p in plugins:
                     p.finish(x0, indices)
                 outs.append(x0)

@@ -199,9 +199,18 @@ class NoiseSchedule:
         return int(self.betas.size)
 
     def abar(self, t: torch.Tensor | int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``abar_t`` gathered at integer training indices ``t`` (tensor of any shape)."""
+        """``abar_t`` gathered at integer training indices ``t`` (tensor of any shape), on ``t``'s device
+        (the float64 table is copied to a device once and kept)."""
         t = torch.as_tensor(t, dtype=torch.long)
-        return self._abar_torch[t].to(dtype)
+        return self._abar_on(t.device)[t].to(dtype)
+
+    def _abar_on(self, device: torch.device) -> torch.Tensor:
+        if device.type == "cpu":
+            return self._abar_torch
+        cache = self.__dict__.setdefault("_abar_by_device", {})
+        if device not in cache:
+            cache[device] = self._abar_torch.to(device)
+        return cache[device]
 
     def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (``t``: one index per sample)."""

@@ -90,22 +90,31 @@ def cell_selector(only: list[str], exclude: list[str], cells: list[Cell] | None 
     return keep
 
 
-def _distributed_init() -> tuple[int, int]:
-    """``(rank, world_size)``: under ``torchrun`` (``WORLD_SIZE > 1``) join the process group (gloo on CPU, NCCL on GPUs)."""
+def _distributed_init() -> tuple[int, int, "torch.device"]:
+    """``(rank, world_size, device)``: under ``torchrun`` (``WORLD_SIZE > 1``) join the process group (gloo on CPU, NCCL on
+    GPUs) with this process on its own device, ``cuda:LOCAL_RANK`` on a node with GPUs
+    (:func:`onmanifold.device.device_for_local_rank`); one process: the CPU."""
     import os
+
+    import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
-    import torch
+        return 0, 1, torch.device("cpu")
     import torch.distributed as dist
 
+    from onmanifold.device import device_for_local_rank, local_rank_of
+
+    device = device_for_local_rank(local_rank_of(os.environ), torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL's collectives and every bare "cuda" of this process use its own GPU
     if not dist.is_initialized():
         import datetime
 
         # the closing barrier waits for the slowest process's last cell, which can take hours (DDPM-1000 cells)
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(hours=48))
-    return dist.get_rank(), dist.get_world_size()
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=48),
+                                **({"device_id": device} if device.type == "cuda" else {}))
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def _command_history(run_dir: str, command: str, earlier: str = "") -> str:
@@ -189,7 +198,7 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
     suite = suites[args.suite](args.quick, run_dir, **_strength_grids(args))
     cell_filter = cell_selector(args.only, args.exclude, suite.cells)
     committed = results_dir / f"{suite.name}.json"
-    rank, world = _distributed_init()
+    rank, world, device = _distributed_init()
     if rank == 0:
         if args.import_results:
             _import(suite, run_dir, args.import_results, "")
@@ -206,7 +215,8 @@ def run_bench_cli(args, progress: bool, command: str) -> int:
         if loss:
             raise SystemExit(f"bench: {loss}: seed {run_dir} with --import-results {committed}, or pass --force to overwrite it")
     try:
-        records = run_suite(suite, run_dir, progress=progress and rank == 0, shard_filter=cell_filter, rank=rank, world_size=world)
+        records = run_suite(suite, run_dir, progress=progress and rank == 0, shard_filter=cell_filter, rank=rank, world_size=world,
+                            device=device)
     except (CellNotReady, MissingMetricError) as e:
         raise SystemExit(f"bench {suite.name}: {e}") from e
     if world > 1:

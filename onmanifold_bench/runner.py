@@ -68,6 +68,7 @@ __all__ = [
     "CellNotReady",
     "MissingMetricError",
     "run_suite",
+    "cell_device",
     "summarize",
     "import_records",
     "finished_records",
@@ -494,6 +495,17 @@ class _Trace:
 
 
 _TRACE: contextvars.ContextVar[_Trace | None] = contextvars.ContextVar("onmanifold_bench_cell_inputs", default=None)
+_DEVICE: contextvars.ContextVar[Any] = contextvars.ContextVar("onmanifold_bench_cell_device", default=None)
+
+
+def cell_device():
+    """The device of the cell being computed (``run_suite``'s ``device``: ``cuda:LOCAL_RANK`` under ``torchrun`` on GPUs,
+    else the CPU). A suite that places its networks there (``model.to(cell_device())``) samples there: the sampling loop
+    follows the model's device, with the same samples as on the CPU (the generators stay on the CPU)."""
+    import torch
+
+    d = _DEVICE.get()
+    return torch.device("cpu") if d is None else d
 
 
 def finished_records(cells: Sequence[Cell], run_dir: str | os.PathLike, cell_method: str, /, **match: Any) -> list[dict]:
@@ -598,6 +610,7 @@ def run_suite(
     world_size: int = 1,
     wait_seconds: float = 6 * 3600.0,
     poll_seconds: float = 0.5,
+    device: Any = None,
 ) -> list[dict]:
     """Run (or resume) ``suite``; one record per cell in ``<run_dir>/cells/<key>.json``.
 
@@ -612,7 +625,18 @@ def run_suite(
     retried after the others; a cell claimed by another live process is waited for (polling every
     ``poll_seconds``, up to ``wait_seconds`` without progress). When nothing can progress because the
     needed cells are not computed by any process, :class:`CellNotReady` names them.
+
+    ``device`` (default: the CPU) is this process's device, what :func:`cell_device` tells the cells it computes.
     """
+    device_token = _DEVICE.set(device)
+    try:
+        return _run_suite(suite, run_dir, progress, shard_filter, rank, world_size, wait_seconds, poll_seconds)
+    finally:
+        _DEVICE.reset(device_token)
+
+
+def _run_suite(suite: Suite, run_dir: str | os.PathLike, progress: bool, shard_filter: Callable[[Cell], bool] | None, rank: int,
+               world_size: int, wait_seconds: float, poll_seconds: float) -> list[dict]:
     store = _RunDirectory(run_dir, suite.cells)
     store.cells_dir.mkdir(parents=True, exist_ok=True)
     selected = [c for i, c in enumerate(suite.cells) if i % world_size == rank and (shard_filter is None or shard_filter(c))]

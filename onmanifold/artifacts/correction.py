@@ -73,13 +73,16 @@ def correction_generators(seed: int, indices: Sequence[int]) -> list[torch.Gener
     return [generator_for(seed, i, "asced-correction") for i in indices]
 
 
-def correction_noise(seed: int, indices: Sequence[int], sample_shape: Sequence[int], dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(xi, eps)`` ``(B, *sample_shape)``: per sample ``xi`` then ``eps`` from :func:`correction_generators`."""
+def correction_noise(seed: int, indices: Sequence[int], sample_shape: Sequence[int], dtype: torch.dtype = torch.float32,
+                     device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(xi, eps)`` ``(B, *sample_shape)``: per sample ``xi`` then ``eps`` from :func:`correction_generators`, drawn on
+    the CPU and moved to ``device`` (one transfer per correction; the same numbers on every device)."""
     xi, eps = [], []
     for g in correction_generators(seed, indices):
         xi.append(torch.randn(tuple(sample_shape), generator=g, dtype=dtype))
         eps.append(torch.randn(tuple(sample_shape), generator=g, dtype=dtype))
-    return torch.stack(xi), torch.stack(eps)
+    xi, eps = torch.stack(xi), torch.stack(eps)
+    return (xi, eps) if device is None else (xi.to(device), eps.to(device))
 
 
 def ttc_renoise(x_t: torch.Tensor, x0_prime: torch.Tensor, mask: torch.Tensor, abar_t: float, eps: torch.Tensor,
@@ -181,13 +184,13 @@ class TrajectoryAwareCorrection(SamplerPlugin):
 
     def finish(self, x0: torch.Tensor, sample_indices: list[int]) -> None:
         if not self._done:  # the correction step was never reached (N <= n_c)
-            self._corrected.append(torch.zeros(len(sample_indices), dtype=torch.bool))
-            self._area.append(torch.zeros(len(sample_indices), dtype=torch.long))
+            self._corrected.append(torch.zeros(len(sample_indices), dtype=torch.bool, device=x0.device))
+            self._area.append(torch.zeros(len(sample_indices), dtype=torch.long, device=x0.device))
 
     # ------------------------------------------------------------------ the correction
     def correction_noise(self, state: StepState) -> tuple[torch.Tensor, torch.Tensor]:
         """``(xi, eps)`` of this batch (:func:`correction_noise` with the run's seed)."""
-        return correction_noise(self._run_seed, state.sample_indices, state.x_t.shape[1:], state.x_t.dtype)
+        return correction_noise(self._run_seed, state.sample_indices, state.x_t.shape[1:], state.x_t.dtype, state.x_t.device)
 
     def source_x0(self, state: StepState) -> torch.Tensor:
         """``x0'``: the cached ``x0_hat_{n_c-1}``, or ``x0_hat(x_{n_c})`` (one extra model call) with ``x0_source="current"``."""
@@ -203,7 +206,7 @@ class TrajectoryAwareCorrection(SamplerPlugin):
         expected = (state.batch_size, *state.x_t.shape[-2:])
         if not torch.is_tensor(mask) or tuple(mask.shape) != expected:
             raise ValueError(f"mask_source: expected a {expected} bool mask, got {getattr(mask, 'shape', type(mask))}")
-        m = mask.bool()
+        m = mask.to(state.x_t.device).bool()  # a mask source may hold its masks on the CPU (ground truth): one transfer
         hit = m.flatten(1).any(1)
         md = dilate_mask(m, self.config.dilation) & hit[:, None, None]
         xi, eps = self.correction_noise(state)

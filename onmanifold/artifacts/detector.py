@@ -183,6 +183,7 @@ class StreamingArtifactDetector(SamplerPlugin):
             raise ValueError(f"n: frames must arrive in order, expected {self._last_n + 1}, got {n}")
         self._last_n = n
         self._shape = (int(x0_hat.shape[0]), int(x0_hat.shape[-2]), int(x0_hat.shape[-1]))
+        self._device = x0_hat.device
         if not (self.n_d <= n < self.n_c):
             return
         frame = frame_of(x0_hat, self.config, eps, abar_t)
@@ -198,8 +199,8 @@ class StreamingArtifactDetector(SamplerPlugin):
             return self.current
         if self._shape is None:
             raise RuntimeError("finalize: no frame observed yet in this batch")
-        union = self.union if self.union is not None else torch.zeros(self._shape, dtype=torch.bool)
-        z = self.z.float() if self.z is not None else torch.zeros(self._shape)
+        union = self.union if self.union is not None else torch.zeros(self._shape, dtype=torch.bool, device=self._device)
+        z = self.z.float() if self.z is not None else torch.zeros(self._shape, device=self._device)
         self.current = DetectionResult(list(self._indices), artifact_mask(union, self.config), union.clone(), z)
         return self.current
 

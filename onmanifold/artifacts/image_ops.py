@@ -6,9 +6,15 @@ reference: the blur against ``scipy.ndimage.gaussian_filter(mode="reflect", trun
 ``scipy.ndimage.binary_dilation`` with a square structuring element (``tests/methods/artifacts/test_image_ops.py``).
 
 Notation: ``D`` is a ``(B, C, H, W)`` change map, masks are ``(B, H, W)`` bool.
+
+Devices: every function returns its result on its input's device. The blur's kernel and reflect indices are
+built once per device (float64 from numpy, then copied); the components of :func:`filter_components` are
+labelled by scipy on the CPU, one transfer there and back per call (docs/methods/asced.md#D20).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -51,10 +57,20 @@ def reflect_indices(n: int, radius: int) -> torch.Tensor:
     return torch.from_numpy(i)
 
 
+@lru_cache(maxsize=64)
+def _kernel_on(sigma: float, device: torch.device) -> torch.Tensor:
+    return gaussian_kernel_1d(sigma).to(device)
+
+
+@lru_cache(maxsize=256)
+def _reflect_indices_on(n: int, radius: int, device: torch.device) -> torch.Tensor:
+    return reflect_indices(n, radius).to(device)
+
+
 def _blur_axis(x: torch.Tensor, kernel: torch.Tensor, dim: int) -> torch.Tensor:
-    """``y_i = sum_k kernel_k x_{reflect(i + k - R)}`` along ``dim``."""
+    """``y_i = sum_k kernel_k x_{reflect(i + k - R)}`` along ``dim`` (``kernel`` on ``x``'s device)."""
     radius = (kernel.numel() - 1) // 2
-    xp = x.index_select(dim, reflect_indices(x.shape[dim], radius))
+    xp = x.index_select(dim, _reflect_indices_on(int(x.shape[dim]), radius, x.device))
     win = xp.unfold(dim, kernel.numel(), 1)  # (..., n, K) along dim
     return (win * kernel.to(x.dtype)).sum(-1)
 
@@ -72,7 +88,7 @@ def gaussian_blur_reflect(d: torch.Tensor, sigma: float, blur_channels: bool = F
         return d
     if d.dim() != 4:
         raise ValueError(f"d: expected a (batch, channels, height, width) tensor, got shape {tuple(d.shape)}")
-    k = gaussian_kernel_1d(sigma)
+    k = _kernel_on(float(sigma), d.device)
     out = _blur_axis(_blur_axis(d, k, 2), k, 3)
     if blur_channels:
         out = _blur_axis(out, k, 1)
@@ -116,10 +132,12 @@ def filter_components(union: torch.Tensor, area_min: int, area_max: int, min_wid
 
     A ``w x w`` window inside ``union`` lies inside one component (a square is 4-connected), so a component
     passes the width test iff the top-left pixel of some full window (:func:`full_blocks`) carries its label.
+    The labelling runs on the CPU (scipy): ``union`` is copied there once and ``M`` back to its device.
     """
     from scipy import ndimage
 
-    u = union.bool()
+    device = union.device
+    u = union.bool().cpu()
     if u.dim() != 3:
         raise ValueError(f"union: expected a (batch, height, width) mask, got shape {tuple(u.shape)}")
     w = int(min_width)
@@ -139,7 +157,7 @@ def filter_components(union: torch.Tensor, area_min: int, area_max: int, min_wid
             wide[np.unique(labels[: fb.shape[0], : fb.shape[1]][fb])] = True
             keep &= wide
         out[b] = keep[labels]
-    return torch.from_numpy(out)
+    return torch.from_numpy(out).to(device)
 
 
 def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:

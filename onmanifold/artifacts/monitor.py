@@ -69,10 +69,10 @@ class FlagFractionMonitor(SamplerPlugin):
         B = len(sample_indices)
         for name in ("f", "f_filtered"):
             steps = self._batch[name]
-            self._runs[name].append(torch.stack(steps, 1) if steps else torch.zeros(B, 0))
+            self._runs[name].append(torch.stack(steps, 1) if steps else torch.zeros(B, 0, device=x0.device))
         if self.keep_flag_maps:
             maps = self._batch["maps"]
-            self._runs["maps"].append(torch.stack(maps, 1) if maps else torch.zeros(B, 0, *x0.shape[-2:], dtype=torch.bool))
+            self._runs["maps"].append(torch.stack(maps, 1) if maps else torch.zeros(B, 0, *x0.shape[-2:], dtype=torch.bool, device=x0.device))
         self._prev = None
 
     def _run_result(self, name: str) -> torch.Tensor:

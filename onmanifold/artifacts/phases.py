@@ -48,7 +48,7 @@ def monitored_phases(monitor: FlagFractionMonitor) -> dict:
     """:func:`phase_boundaries` of the mean ``f_n`` over the samples of the monitor's last run, ``n_c`` from its ``tc_frac``."""
     if not isinstance(monitor, FlagFractionMonitor):
         raise TypeError(f"monitor: expected a FlagFractionMonitor, got {type(monitor).__name__}")
-    curve = monitor.flag_fraction.double().mean(0).numpy()
+    curve = monitor.flag_fraction.double().mean(0).cpu().numpy()
     return phase_boundaries(curve, monitor.num_steps, monitor.config.tc_frac)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..device import at_least_float32
 from ..sampler import DDIMSampler, SamplerPlugin, StepState, RunContext
 from .guidance import check_predictor, select_condition
 from .predictor import input_dtype
@@ -78,7 +79,7 @@ class TimeCorrectionSampler(SamplerPlugin):
         self.extra_model_calls = 0
 
     def setup(self, run: RunContext) -> None:
-        check_predictor(self.predictor, run.sampler)
+        check_predictor(self.predictor, run.sampler, run.device)
         self.extra_model_calls = 0
 
     @torch.no_grad()
@@ -139,7 +140,7 @@ class TimeShiftSampler(SamplerPlugin):
             return
         T = state.sampler.schedule.T
         half = self.window // 2
-        ks = torch.arange(max(state.t - half, 0), min(state.t + half, T - 1) + 1)
+        ks = torch.arange(max(state.t - half, 0), min(state.t + half, T - 1) + 1, device=state.x_t.device)
         a = state.sampler.schedule.abar(ks).double()
         expected = a * self.data_var + 1 - a  # (K,)
         v = state.x_t.reshape(state.batch_size, -1).double().var(dim=1)  # (B,)
@@ -178,8 +179,8 @@ class LangevinCorrector(SamplerPlugin):
             self.extra_model_calls += 1
             s = -state.model_at(x, state.t).eps / math.sqrt(1 - a)  # the score at the nominal step time
             z = state.randn_like(x)
-            zn = z.reshape(z.shape[0], -1).norm(dim=1)
-            sn = s.reshape(s.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+            zn = at_least_float32(z).reshape(z.shape[0], -1).norm(dim=1)  # norms of half-precision runs in float32
+            sn = at_least_float32(s).reshape(s.shape[0], -1).norm(dim=1).clamp_min(1e-12)
             delta = _per_sample(2 * alpha * (self.snr * zn / sn) ** 2, x)
             x = x + delta * s + (2 * delta).sqrt() * z
         state.x_t = x

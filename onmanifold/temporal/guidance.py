@@ -58,7 +58,7 @@ def select_condition(condition: Any, state: StepState) -> Any:
     """The rows of a per-sample condition tensor for this batch (a ``(N, K)`` tensor indexed by ``state.rows``)."""
     if condition is None:
         return None
-    c = torch.as_tensor(condition, dtype=torch.long)
+    c = torch.as_tensor(condition, dtype=torch.long, device=state.x_t.device)
     if c.dim() == 0:
         return c.expand(state.batch_size)[:, None]
     if c.dim() == 1:
@@ -70,8 +70,16 @@ def select_condition(condition: Any, state: StepState) -> Any:
     return c[state.rows]
 
 
-def check_predictor(predictor: Any, sampler: DDIMSampler) -> None:
-    """Fail early when the predictor's class count or ``abar`` differs from the sampler's schedule."""
+def check_predictor(predictor: Any, sampler: DDIMSampler, device: torch.device | None = None) -> None:
+    """Fail early when the predictor's class count or ``abar`` differs from the sampler's schedule, or (with
+    ``device``, the run's) when its weights live on another device than the run."""
+    if device is not None:
+        from ..device import same_device, model_placement
+
+        where, _ = model_placement(predictor)
+        if where is not None and not same_device(where, device):
+            raise ValueError(f"predictor: the time predictor's weights are on {where} but the run is on {device}; "
+                             f"move it there first (predictor.to({str(device)!r}))")
     check = getattr(predictor, "check_schedule", None)
     if check is not None:
         check(sampler.schedule)
@@ -146,7 +154,7 @@ class TemporalAlignmentGuidance(SamplerPlugin):
         return time_linked_score(self.predictor, x, t, select_condition(self.condition, state))
 
     def setup(self, run: RunContext) -> None:
-        check_predictor(self.predictor, run.sampler)
+        check_predictor(self.predictor, run.sampler, run.device)
         self.predictor_calls = 0
         self.extra_model_calls = 0
         if self.placement == "inline" and self.shift == "guided":

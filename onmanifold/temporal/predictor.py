@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..device import at_least_float32
 from ..schedule import NoiseSchedule
 
 __all__ = [
@@ -121,7 +122,7 @@ class ExactTimePosterior(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: Any = None) -> torch.Tensor:
         b = x.shape[0]
-        cols = [self.gmm.log_prob(x, torch.full((b,), t, dtype=torch.long)) for t in self.times]
+        cols = [self.gmm.log_prob(x, torch.full((b,), t, dtype=torch.long, device=x.device)) for t in self.times]
         return torch.stack(cols, dim=1)
 
 
@@ -139,7 +140,7 @@ def time_linked_score(predictor: nn.Module, x: torch.Tensor, t: torch.Tensor | i
     tensor shaped like ``x`` in ``x``'s dtype. Raises ``FloatingPointError`` if the predictor's output or the gradient is not finite.
     """
     b = x.shape[0]
-    t = torch.as_tensor(t, dtype=torch.long)
+    t = torch.as_tensor(t, dtype=torch.long, device=x.device)
     t = t.expand(b) if t.dim() == 0 else t
     if t.shape != (b,):
         raise ValueError(f"t: expected an integer or a LongTensor of shape ({b},), got shape {tuple(t.shape)}")
@@ -152,7 +153,7 @@ def time_linked_score(predictor: nn.Module, x: torch.Tensor, t: torch.Tensor | i
             raise ValueError(f"t: training steps must lie in [0, {logits.shape[1] - 1}]")
         if not torch.isfinite(logits).all():
             raise FloatingPointError("time predictor: non-finite logits")
-        logp = logits.log_softmax(dim=-1).gather(-1, t[:, None]).sum()
+        logp = at_least_float32(logits).log_softmax(dim=-1).gather(-1, t[:, None]).sum()  # half precision: in float32
         (g,) = torch.autograd.grad(logp, xg)
     if not torch.isfinite(g).all():
         raise FloatingPointError("time-linked score: non-finite gradient")
@@ -167,9 +168,9 @@ def time_linked_score_closed_form(gmm, x: torch.Tensor, i: int, times: list[int]
     """
     times = list(range(gmm.schedule.T)) if times is None else list(times)
     b = x.shape[0]
-    logp = torch.stack([gmm.log_prob(x, torch.full((b,), t, dtype=torch.long)) for t in times], dim=1)
+    logp = torch.stack([gmm.log_prob(x, torch.full((b,), t, dtype=torch.long, device=x.device)) for t in times], dim=1)
     gamma = torch.softmax(logp, dim=1)  # (B, n)
-    scores = torch.stack([gmm.score(x.double(), torch.full((b,), t, dtype=torch.long)).double() for t in times], dim=1)
+    scores = torch.stack([gmm.score(x.double(), torch.full((b,), t, dtype=torch.long, device=x.device)).double() for t in times], dim=1)
     mixed = (gamma.reshape(b, -1, *([1] * (x.dim() - 1))) * scores).sum(1)
     return scores[:, i] - mixed
 

@@ -47,14 +47,14 @@ class TimeGapRecorder(SamplerPlugin):
         self._per_sample: dict[int, list[float]] = {}
 
     def setup(self, run: RunContext) -> None:
-        check_predictor(self.predictor, run.sampler)
+        check_predictor(self.predictor, run.sampler, run.device)
         self.reset()  # the curve of this run only
 
     @torch.no_grad()
     def before_model(self, state: StepState) -> None:
         x = state.x_entering  # after the perturbations, before any correction of this step
         logits = self.predictor(x.to(input_dtype(self.predictor, x)), select_condition(self.condition, state))
-        gap = (logits.argmax(dim=1) - state.t).abs().double()
+        gap = (logits.argmax(dim=1) - state.t).abs().double().cpu()  # a few numbers per step: one transfer
         self._sum[state.t] = self._sum.get(state.t, 0.0) + float(gap.sum())
         self._sumsq[state.t] = self._sumsq.get(state.t, 0.0) + float((gap**2).sum())
         self._count[state.t] = self._count.get(state.t, 0) + gap.numel()
