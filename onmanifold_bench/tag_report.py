@@ -237,6 +237,11 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
             rows.append([r["cell"]["setting"]["method"], f"{m['value']:.4g}", *(fm(m[k], k) for k in ("fd", "acc", "precision", "recall", "tg")),
                          m["nfe_per_sample"], m["s_per_sample"]])
         L += [_table(["method", "knob", "FD", "accuracy", "precision", "recall", "TG", "NFE", "s/sample"], rows), ""]
+        label_dps = MetricFormat("dsg").spreads  # the DPS-based rows amplify rounding like the DSG suite's label-DPS probe
+        if ("label-dps", "fd") in label_dps:
+            L += [f"Rounding: these rows' digits come from the corrupted-digits probes; the DPS-based rows amplify rounding as the DSG "
+                  f"suite's label-DPS probe shows (DDIM-100, zeta 1: FD moved by {label_dps[('label-dps', 'fd')]:.2g}, accuracy by "
+                  f"{label_dps.get(('label-dps', 'acc'), 0.0):.2g}; docs/results/precision.md), so read their FD to the units digit.", ""]
         vals = _by(records, "label-val")
         if vals:
             L += ["Validation sweep (FD / accuracy): " + "; ".join(f"{r['cell']['setting']['method']} {r['cell']['setting']['value']}: "
