@@ -35,6 +35,8 @@ import torch
 from onmanifold.io import save_tensors_atomic
 from onmanifold.testbeds import get_testbed
 
+from .fronts_analysis import analyse_bed
+from .fronts_report import write_fronts_report
 from .models import diffusion_model, time_predictor
 from .runner import Cell, Suite, finished_records
 from .tag import LABEL_KNOBS, SHAPE_PAIRS, _sample, label_guidance_plugins
@@ -111,10 +113,12 @@ def fronts_suite(quick: bool = False, run_dir: str | Path = "runs/fronts", beds=
     def run_cell(cell: Cell) -> dict:
         s = cell.setting
         if cell.method == "fronts":
-            from .fronts_report import analyse_bed
+            def load_point(setting: dict) -> dict:
+                data = torch.load(run_dir / "samples" / point_file(setting), weights_only=True)
+                return {"correct": data["correct"].numpy(), "features": data["features"].numpy()}
 
-            tests = [r for r in records("test", bed=s["bed"])]
-            return analyse_bed(s["bed"], tests, run_dir / "samples", s["reps"])
+            reference = reference_features(s["bed"], s["n"]).double().numpy()
+            return analyse_bed(records("test", bed=s["bed"]), load_point, reference, s["reps"])
         if cell.method == "val":
             value = s["value"]
         else:
@@ -123,10 +127,11 @@ def fronts_suite(quick: bool = False, run_dir: str | Path = "runs/fronts", beds=
                            samples_file=run_dir / "samples" / point_file(s) if cell.method == "test" else None)
         return {**out, "value": value}
 
-    from .fronts_report import write_fronts_report
+    def report(records, results_dir, command, run_dir):
+        return write_fronts_report(records, results_dir, command, run_dir, protocol=__doc__)
 
     return Suite("fronts", cells, run_cell, description=__doc__.split("\n\n", 1)[1].strip(),
-                 columns=["value", "acc", "fd", "tg", "s_per_sample"], report=write_fronts_report)
+                 columns=["value", "acc", "fd", "tg", "s_per_sample"], report=report)
 
 
 def point_file(setting: dict) -> str:

@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["dominated", "front_value", "area_between", "Point", "bootstrap_points", "percentile_interval"]
+__all__ = ["dominated", "front_value", "area_between", "Point", "bootstrap_points", "percentile_interval", "analyse_bed", "FRONT_PAIRS"]
 
 Point = tuple[float, float]  # (accuracy, FD)
 
@@ -100,3 +100,84 @@ def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[f
         raise ValueError("values: no finite replicate")
     lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
+
+
+# (A, B): area(A, B) < 0 means A reaches the same accuracy at lower FD than B
+FRONT_PAIRS = (("dsg", "dps"), ("dps+tag", "dps"), ("dps+tag-inline", "dps"), ("dps+es", "dps"), ("dps+tcs", "dps"), ("dps+tss", "dps"),
+               ("dps+langevin", "dps"), ("dps+asced", "dps"), ("dsg+tag", "dsg"), ("dsg+asced", "dsg"), ("dps+tag", "dps+es"), ("dps+tag", "dps+tcs"))
+
+
+def _fronts(points: dict[str, list[tuple[float, float, float]]]) -> dict[str, list[tuple[float, float]]]:
+    """``{method: [(acc, fd), ...]}`` with the unguided point added to every method's front (its strength 0)."""
+    none = points.get("none", [])
+    return {m: [(a, f) for _, a, f in none + pts] for m, pts in points.items() if m != "none"}
+
+
+def analyse_bed(tests: list[dict], load_point: Callable[[dict], dict], reference: np.ndarray, reps: int, seed: int = 0) -> dict:
+    """Points, dominance, areas between fronts and per-strength differences, with paired bootstrap intervals.
+
+    ``tests``: the bed's finished test records; ``load_point(setting)`` returns a point's per-sample
+    ``{"correct": (n,), "features": (n, d)}``; ``reference``: the FD reference features.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from onmanifold.metrics import FrechetReference
+
+    n = tests[0]["cell"]["setting"]["n"]
+    rows = []
+    for r in tests:
+        s, m = r["cell"]["setting"], r["metrics"]
+        rows.append({"method": s["method"], "strength": s["strength"], "value": m.get("value"), "acc": m["acc"], "fd": m["fd"], "tg": m["tg"],
+                     "seconds": r["seconds"]})
+    flags = dominated([(p["acc"], p["fd"]) for p in rows])
+    for p, d in zip(rows, flags):
+        p["dominated"] = d
+    by_method: dict[str, list[tuple[float, float, float]]] = {}
+    for p in rows:
+        by_method.setdefault(p["method"], []).append((p["strength"], p["acc"], p["fd"]))
+    point_estimate = _fronts(by_method)
+
+    correct, feats = {}, {}
+    for r in tests:
+        data = load_point(r["cell"]["setting"])
+        key = (r["cell"]["setting"]["method"], r["cell"]["setting"]["strength"])
+        correct[key], feats[key] = np.asarray(data["correct"]), np.asarray(data["features"], dtype=np.float64)
+    with threadpool_limits(1):
+        fd = FrechetReference(reference)
+        boot = bootstrap_points(correct, feats, fd, reps, seed)
+
+    def replicate(i: int) -> dict[str, list[tuple[float, float, float]]]:
+        out: dict[str, list[tuple[float, float, float]]] = {}
+        for (m, s), v in boot.items():
+            out.setdefault(m, []).append((s, float(v[i, 0]), float(v[i, 1])))
+        return out
+
+    replicates = [_fronts(replicate(i)) for i in range(reps)]
+    areas = []
+    for a, b in FRONT_PAIRS:
+        if a not in point_estimate or b not in point_estimate:
+            continue
+        est = area_between(point_estimate[a], point_estimate[b])
+        if est is None:
+            areas.append({"a": a, "b": b, "area": None})
+            continue
+        reps_area = [area_between(f[a], f[b]) for f in replicates]
+        reps_area = [x[0] for x in reps_area if x is not None]
+        lo, hi = percentile_interval(reps_area)
+        areas.append({"a": a, "b": b, "area": est[0], "acc_lo": est[1], "acc_hi": est[2], "ci": [lo, hi],
+                      "mean_gap": est[0] / (est[2] - est[1]), "defined_share": len(reps_area) / reps})
+    diffs = []
+    for (m, s), v in boot.items():
+        if "+" not in m:
+            continue
+        base = boot.get((m.split("+")[0], s))
+        if base is None:
+            continue
+        pe = next(p for p in rows if p["method"] == m and p["strength"] == s)
+        pb = next(p for p in rows if p["method"] == m.split("+")[0] and p["strength"] == s)
+        diffs.append({"method": m, "strength": s, "d_acc": pe["acc"] - pb["acc"], "d_acc_ci": list(percentile_interval(v[:, 0] - base[:, 0])),
+                      "d_fd": pe["fd"] - pb["fd"], "d_fd_ci": list(percentile_interval(v[:, 1] - base[:, 1]))})
+    unguided = next((p["fd"] for p in rows if p["method"] == "none"), None)
+    max_dps = max((p["fd"] for p in rows if p["method"] == "dps"), default=None)
+    return {"points": rows, "areas": areas, "diffs": diffs, "n": n, "reps": reps, "unguided_fd": unguided,
+            "max_dps_fd_ratio": (max_dps / unguided) if unguided and max_dps is not None else None}
