@@ -84,7 +84,8 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
         if not recs:
             continue
         hours = sum(r["seconds"] for r in recs) / 3600
-        L += [f"## {bed}", "", f"Cells finished: {len(recs)}; compute: {hours:.1f} CPU-hours of wall time as run (2 cores shared).", ""]
+        L += [f"## {bed}", "", f"Cells finished: {len(recs)}; compute: {hours:.1f} h of wall time summed over the cells (on a 2-core machine, "
+              f"shared with other jobs while they ran).", ""]
         if bed not in analyses:
             L += ["The analysis cell has not run yet (some points are missing).", ""]
             continue
@@ -98,7 +99,7 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
               + (" (the 5x target of the sweep is reached)." if ratio is not None and ratio >= 5 else " (below the 5x the sweep aims for: the grid did not break fidelity that far)."), ""]
         pts = sorted(a["points"], key=lambda p: (p["method"] != "none", p["method"], p["strength"]))
         L += ["### Points", "", markdown_table(["method", "strength", "knob (chosen on validation)", "accuracy", "FD", "time gap", "dominated"],
-                                                [[p["method"], format_value(p["strength"]), format_value(p["value"]), f"{p['acc']:.3f}",
+                                                [[p["method"], f"{p['strength']:g}", "-" if p["value"] is None else f"{p['value']:g}", f"{p['acc']:.3f}",
                                                   format_value(p["fd"]), format_value(p["tg"]), "yes" if p["dominated"] else ""] for p in pts]), ""]
         L += ["### Area between fronts", "", f"area(A, B) < 0: A reaches the same accuracy at lower FD. 95 % paired bootstrap intervals "
               f"({a['reps']} replicates).", "",
@@ -109,7 +110,7 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
         diffs = sorted(a["diffs"], key=lambda d: (d["method"], d["strength"]))
         L += ["### Each correction against its guidance at the same strength", "",
               markdown_table(["method", "strength", "accuracy diff", "95 % interval", "FD diff", "95 % interval"],
-                             [[d["method"], format_value(d["strength"]), f"{d['d_acc']:+.3f}", _interval(d["d_acc_ci"]), format_value(d["d_fd"]),
+                             [[d["method"], f"{d['strength']:g}", f"{d['d_acc']:+.3f}", _interval(d["d_acc_ci"]), format_value(d["d_fd"]),
                                _interval(d["d_fd_ci"])] for d in diffs]), ""]
         L += ["### The claims, from the fronts", "", *_claims(bed, a), ""]
     path = results_dir / "fronts.md"
