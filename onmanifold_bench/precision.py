@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,6 +42,7 @@ import torch
 from onmanifold.nets.checkpoint import write_json_atomic, write_text_atomic
 
 from . import tables
+from .spreads import SPREAD_FILE, _read_record, load_demo_spread, load_suite_spread
 from .tables import decimals_for
 
 __all__ = ["CONDITIONS", "decimals_for", "format_with_spread", "measure_demo_spread", "load_demo_spread", "SPREAD_FILE", "TIMING_COLUMNS",
@@ -51,7 +51,6 @@ __all__ = ["CONDITIONS", "decimals_for", "format_with_spread", "measure_demo_spr
 CONDITIONS = ("base", "eps+1e-06", "eps-1e-06", "threads=2")
 TIMING_COLUMNS = ("s/sample", "time ratio")
 """Columns that are wall times: machine-dependent by nature, never part of the reproducible table."""
-SPREAD_FILE = Path(__file__).resolve().parents[1] / "docs" / "results" / "precision.json"
 
 
 def format_with_spread(value: Any, spread: float | None) -> str:
@@ -153,27 +152,6 @@ def _page(record: dict) -> str:
     if record.get("suites"):
         lines += ["", _suites_page(record["suites"], level=2)]
     return "\n".join(lines) + "\n"
-
-
-def load_demo_spread(path: str | Path = SPREAD_FILE) -> dict[str, dict[str, float]] | None:
-    """The measured spreads by row key and column, or None when they were never measured here."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or not isinstance(data.get("spreads"), dict):
-        raise ValueError(f"{path}: not a precision record (no 'spreads' object)")
-    return data["spreads"]
-
-
-def _read_record(path: Path) -> dict:
-    """The precision record at ``path`` ({} when there is none yet)."""
-    if not path.is_file():
-        return {}
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a precision record (not a JSON object)")
-    return data
 
 
 # ------------------------------------------------------------------------------------------ the suites' pages
@@ -336,21 +314,6 @@ def measure_suite_spread(suite: str, out: str | Path = SPREAD_FILE, command: str
     write_json_atomic(out, record)
     write_text_atomic(out.with_suffix(".md"), _page(record))
     return entry
-
-
-def load_suite_spread(suite: str, path: str | Path | None = None) -> dict | None:
-    """``{"date", "command", "spreads": {(method, metric): spread}}`` of ``suite`` (the largest over its probes), or None.
-
-    ``path`` defaults to :data:`SPREAD_FILE` (read when called).
-    """
-    entry = _read_record(Path(path or SPREAD_FILE)).get("suites", {}).get(suite)
-    if entry is None:
-        return None
-    spreads: dict[tuple[str, str], float] = {}
-    for row in entry["probes"]:
-        for metric, s in row["spreads"].items():
-            spreads[(row["method"], metric)] = max(s, spreads.get((row["method"], metric), 0.0))
-    return {"date": entry["date"], "command": entry["command"], "spreads": spreads}
 
 
 def _suites_page(suites: dict, level: int = 1) -> str:

@@ -116,7 +116,7 @@ class MetricFormat:
         self.suite = suite
         self.source = source
         if spreads is None:
-            from .precision import load_suite_spread
+            from .spreads import load_suite_spread
 
             loaded = load_suite_spread(suite)
             spreads = loaded["spreads"] if loaded else {}

@@ -18,8 +18,10 @@ RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 def _no_measured_spreads(tmp_path, monkeypatch):
     """The page tests check the stored digits; the spreads' effect has its own test (test_pages_print_the_digits_the_spread_supports)."""
     import onmanifold_bench.precision as precision
+    import onmanifold_bench.spreads as spreads
 
     monkeypatch.setattr(precision, "SPREAD_FILE", tmp_path / "no-precision.json")
+    monkeypatch.setattr(spreads, "SPREAD_FILE", tmp_path / "no-precision.json")  # where the pages read them
 
 
 def _rec(method: str, setting: dict, metrics: dict, shard: int = 0, seeds: tuple = ()) -> dict:
@@ -111,8 +113,10 @@ def test_compose_page_regenerated_from_its_committed_json(tmp_path, capsys, monk
     """``onmanifold bench compose --import-results docs/results/compose.json`` into a scratch results dir: same tables
     (with the committed rounding spreads, as the committed page was written)."""
     import onmanifold_bench.precision as precision
+    import onmanifold_bench.spreads as spreads
 
     monkeypatch.setattr(precision, "SPREAD_FILE", RESULTS / "precision.json")
+    monkeypatch.setattr(spreads, "SPREAD_FILE", RESULTS / "precision.json")  # where the pages read them
     res = tmp_path / "results"
     assert main(["bench", "compose", "--import-results", str(RESULTS / "compose.json"), "--run-dir", str(tmp_path / "run"),
                  "--results-dir", str(res), "--no-progress"]) == 0
@@ -143,6 +147,7 @@ def test_pages_print_the_digits_the_spread_supports(tmp_path, monkeypatch):
     """With measured spreads a metric loses the decimals rounding moves (DPS FD spread 0.25: no decimal), keeps the stored
     digits where the spread is small, and the page says where its digits come from and which metrics had no probe."""
     import onmanifold_bench.precision as precision
+    import onmanifold_bench.spreads as spreads
 
     spread_file = tmp_path / "precision.json"
     probes = [{"method": "dps", "setting": "probe", "base": {"psnr": 20.1, "fd": 3.4, "ssim": 0.81}, "spreads": {"psnr": 0.43, "fd": 0.25, "ssim": 0.01}},
@@ -150,6 +155,7 @@ def test_pages_print_the_digits_the_spread_supports(tmp_path, monkeypatch):
     spread_file.write_text(json.dumps({"suites": {"compose": {"command": "onmanifold bench compose --measure-spread", "date": "2026-12-03",
                                                               "conditions": list(precision.CONDITIONS), "probes": probes}}}))
     monkeypatch.setattr(precision, "SPREAD_FILE", spread_file)
+    monkeypatch.setattr(spreads, "SPREAD_FILE", spread_file)  # where the pages read them
 
     def test_cell(method, psnr, **extra):
         return _rec(method, {"n": 128}, {"chosen_zeta": 10.0, "chosen_g_r": 0.1, "chosen_omega0": 1.0, "psnr": psnr, "ssim": 0.91234,
