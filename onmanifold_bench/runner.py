@@ -59,7 +59,7 @@ from tqdm import tqdm
 from onmanifold.nets.checkpoint import write_json_atomic, write_text_atomic
 
 from .locks import claim_cell, claim_holder, holder_alive
-from .tables import markdown_table
+from .tables import MetricFormat, markdown_table
 
 __all__ = [
     "Cell",
@@ -831,8 +831,10 @@ def summarize(
 
     ``command`` (a string, or an argv list joined with shell quoting) is recorded verbatim; ``date``
     defaults to today (ISO). The markdown table has one row per record: method, one column per
-    setting key, shard, then ``suite.columns`` or every metric key in first-seen order; floats
-    are shown with 4 significant digits (:func:`onmanifold_bench.tables.format_value`).
+    setting key, shard, then ``suite.columns`` or every metric key in first-seen order; setting floats
+    with 4 significant digits (:func:`onmanifold_bench.tables.format_value`), metrics with at most that and
+    no more decimals than their measured rounding spread supports (:class:`onmanifold_bench.tables.MetricFormat`,
+    whose note on where the digits come from ends the page).
     """
     results_dir = Path(results_dir)
     if not isinstance(command, str):
@@ -858,8 +860,14 @@ def summarize(
     setting_cols = _first_seen(settings)
     metric_cols = list(suite.columns) if suite.columns is not None else _first_seen(metrics)
     header = ["method", *setting_cols, "shard", *metric_cols]
+    fmt = MetricFormat(suite.name)  # metrics to the decimals their measured rounding spread supports
+
+    def metric_text(value: Any, metric: str, method: str | None) -> Any:
+        return fmt(value, metric, method, digits=4) if isinstance(value, float) else value
+
     rows = [
-        [r.get("cell", {}).get("method"), *(s.get(k) for k in setting_cols), r.get("cell", {}).get("shard"), *(m.get(k) for k in metric_cols)]
+        [r.get("cell", {}).get("method"), *(s.get(k) for k in setting_cols), r.get("cell", {}).get("shard"),
+         *(metric_text(m.get(k), k, r.get("cell", {}).get("method")) for k in metric_cols)]
         for r, s, m in zip(records, settings, metrics)
     ]
     fence = "```"
@@ -870,6 +878,7 @@ def summarize(
         lines += [suite.description, ""]
     lines += ["Command:", "", fence, command, fence, "", f"Date: {date}", ""]
     lines.append(markdown_table(header, rows, digits=4, missing=""))
+    lines += ["", fmt.note()]
 
     write_json_atomic(json_path, payload)
     write_text_atomic(md_path, "\n".join(lines) + "\n")
