@@ -30,6 +30,7 @@ split                  used for
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -201,6 +202,21 @@ _SHAPES_SPLITS = {"val": 555, "test": 777, "reference": 777, "floor": 778, "clas
                   "attribute-pool": 4242, "ground-truth-check": 778}
 _SHAPES_SIZES = {"reference": 2000, "floor": 2000, "classifier-test": 1000, "attribute-pool": 6000, "ground-truth-check": 1000}
 
+_SHAPES = TestBed(
+    name="shapes",
+    sample_shape=(1, 32, 32),
+    schedule_config=_PIXEL_SCHEDULE,
+    attributes=("type", "size"),
+    attribute_classes={"type": 3, "size": 3},
+    split_seeds=dict(_SHAPES_SPLITS),
+    split_sizes=dict(_SHAPES_SIZES),
+    tasks=("box", "random", "sr", "blur"),
+    model="shapes-unet",
+    guidance_classifier="shapes-classifier",
+    eval_classifier="shapes-eval-classifier",
+    time_predictor="shapes-time",
+)
+
 TESTBEDS: dict[str, TestBed] = {
     "gmm2d": TestBed(
         name="gmm2d",
@@ -226,36 +242,17 @@ TESTBEDS: dict[str, TestBed] = {
         eval_classifier="digits-eval-classifier",
         time_predictor="digits-time",
     ),
-    "shapes": TestBed(
-        name="shapes",
-        sample_shape=(1, 32, 32),
-        schedule_config=_PIXEL_SCHEDULE,
-        attributes=("type", "size"),
-        attribute_classes={"type": 3, "size": 3},
-        split_seeds=dict(_SHAPES_SPLITS),
-        split_sizes=dict(_SHAPES_SIZES),
-        tasks=("box", "random", "sr", "blur"),
-        model="shapes-unet",
-        guidance_classifier="shapes-classifier",
-        eval_classifier="shapes-eval-classifier",
-        time_predictor="shapes-time",
-    ),
+    "shapes": _SHAPES,
     # the shapes bed through the bundled latent model (Stable Diffusion layout: VAE 32x32 -> 4x8x8, a UNet2DConditionModel on
     # a two-token prompt table "TYPE SIZE", condition dropout for classifier-free guidance): the same images, splits, seeds,
     # attributes, tasks and classifiers as "shapes" (tasks and classifiers act on the decoded 32x32 images)
-    "shapes-latent": TestBed(
+    "shapes-latent": dataclasses.replace(
+        _SHAPES,
         name="shapes-latent",
         sample_shape=(4, 8, 8),
         image_shape=(1, 32, 32),
         schedule_config=_SD_SCHEDULE,
-        attributes=("type", "size"),
-        attribute_classes={"type": 3, "size": 3},
-        split_seeds=dict(_SHAPES_SPLITS),
-        split_sizes=dict(_SHAPES_SIZES),
-        tasks=("box", "random", "sr", "blur"),
         model="shapes-latent",
-        guidance_classifier="shapes-classifier",
-        eval_classifier="shapes-eval-classifier",
         time_predictor="shapes-latent-time",
         prompt_slots=(("circle", "square", "triangle"), ("small", "medium", "large")),
     ),
