@@ -155,7 +155,8 @@ def _import(suite: Suite, run_dir: str, source: str | Path, why: str) -> None:
 
 
 def _strength_grids(args) -> dict:
-    """``--zetas`` / ``--rates`` as the fronts suite's grids; refused (naming the flag) for another suite or when not numbers."""
+    """``--zetas`` / ``--rates`` as the fronts suite's grids; refused (naming the flag) for another suite or when not numbers
+    (the suite checks the values: :func:`onmanifold_bench.fronts.check_strength_grid`)."""
     out = {}
     for flag, key in (("--zetas", "zetas"), ("--rates", "rates")):
         text = getattr(args, key, None)
@@ -167,8 +168,6 @@ def _strength_grids(args) -> dict:
             out[key] = tuple(float(v) for v in text.split(",")) if text.strip() else ()
         except ValueError:
             raise ValueError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
-    if "rates" in out and any(v > 1 for v in out["rates"]):
-        raise ValueError(f"--rates: DSG's guidance rate lies in (0, 1], got {text!r}")
     return out
 
 

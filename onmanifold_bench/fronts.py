@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 
@@ -52,19 +54,22 @@ ASCED_METHODS = ("dps+asced", "dsg+asced")
 ACCURACY_TOLERANCE = 0.02
 BOOTSTRAP_REPS = 500
 BEDS = {
-    # bed: (steps, batch size, time predictor, the methods' sample count scale)
+    # bed: the sampler's steps, the batch size of a sampling call, the time predictor of the time gap and TAG
     "digits": {"steps": 50, "batch_size": 256, "predictor": "digits-time"},
     "shapes": {"steps": 25, "batch_size": 128, "predictor": "shapes-time"},
 }
 
 
-def check_strength_grid(name: str, grid) -> tuple[float, ...]:
-    """``grid`` as a tuple of floats, refused (``ValueError`` naming ``name``) when empty, not finite, <= 0 or not increasing."""
+def check_strength_grid(name: str, grid, upper: float = float("inf")) -> tuple[float, ...]:
+    """``grid`` as a tuple of floats, refused (``ValueError`` naming ``name``) when empty, not finite, <= 0, above ``upper``
+    or not increasing."""
     values = tuple(grid)
     if not values:
         raise ValueError(f"{name}: the strength grid is empty")
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0 for v in values):
         raise ValueError(f"{name}: expected positive finite strengths, got {values!r}")
+    if any(v > upper for v in values):
+        raise ValueError(f"{name}: expected strengths in (0, {upper:g}], got {values!r}")
     if any(b <= a for a, b in zip(values[:-1], values[1:])):
         raise ValueError(f"{name}: the strengths must increase, got {values!r}")
     return tuple(float(v) for v in values)
@@ -81,29 +86,29 @@ def _strengths(method: str, zetas, rates) -> tuple[float, ...]:
     return zetas if method.startswith("dps") else rates
 
 
-def _knob(method: str):
-    return LABEL_KNOBS[method] if method in LABEL_KNOBS else (None, (None,))
+def _knob_grid(method: str) -> tuple | None:
+    """The values of a correction's own knob (validated at every strength); ``None`` for a guidance method or a knob-less correction."""
+    return LABEL_KNOBS[method][1] if "+" in method and method in LABEL_KNOBS else None
 
 
 def fronts_suite(quick: bool = False, run_dir: str | Path = "runs/fronts", beds=("digits", "shapes"),
                  zetas=DPS_ZETAS, rates=DSG_RATES) -> Suite:
     """Accuracy–FD (and accuracy–time-gap) fronts of every guidance method and correction (module docstring)."""
     run_dir = Path(run_dir)
-    zetas, rates = check_strength_grid("--zetas", zetas), check_strength_grid("--rates", rates)
+    zetas, rates = check_strength_grid("--zetas", zetas), check_strength_grid("--rates", rates, upper=1.0)  # DSG's g_r lies in (0, 1]
     n_val, n = (16, 32) if quick else (128, 256)
     reps = 50 if quick else BOOTSTRAP_REPS
     cells: list[Cell] = []
     for bed in beds:
         methods = front_methods(bed)
-        cells.append(Cell("val", {"bed": bed, "method": "none", "strength": 0.0, "value": None, "n": n_val}))
         cells.append(Cell("test", {"bed": bed, "method": "none", "strength": 0.0, "n": n}))
         for method in methods:
-            knob, grid = _knob(method) if "+" in method else (None, (None,))
+            grid = _knob_grid(method)
             for s in _strengths(method, zetas, rates):
-                if "+" in method and knob is not None:
-                    cells += [Cell("val", {"bed": bed, "method": method, "strength": s, "value": v, "n": n_val}) for v in (grid[:2] if quick else grid)]
-                elif "+" not in method:
+                if "+" not in method:  # the guidance alone: the accuracy its corrections are held to
                     cells.append(Cell("val", {"bed": bed, "method": method, "strength": s, "value": None, "n": n_val}))
+                elif grid is not None:
+                    cells += [Cell("val", {"bed": bed, "method": method, "strength": s, "value": v, "n": n_val}) for v in (grid[:2] if quick else grid)]
                 cells.append(Cell("test", {"bed": bed, "method": method, "strength": s, "n": n}))
         cells.append(Cell("fronts", {"bed": bed, "n": n, "reps": reps}))
 
@@ -141,8 +146,7 @@ def point_file(setting: dict) -> str:
 
 def _chosen_knob(bed: str, method: str, strength: float, records) -> float | None:
     """The knob of ``method`` at ``strength`` by the suite's rule (module docstring); ``None`` for knob-less methods."""
-    knob, _ = _knob(method)
-    if "+" not in method or knob is None:
+    if _knob_grid(method) is None:
         return None
     base = records("val", bed=bed, method=method.split("+")[0], strength=strength)[0]["metrics"]
     vals = records("val", bed=bed, method=method, strength=strength)
@@ -160,8 +164,12 @@ def _targets(bed: str, n: int) -> torch.Tensor:
     return torch.tensor([p for p in SHAPE_PAIRS for _ in range(per_pair)])
 
 
+@lru_cache(maxsize=4)
 def reference_features(bed: str, n: int) -> torch.Tensor:
-    """The FD reference of ``bed``'s fronts: the held-out digits, or the attribute pool matched to the ``n`` shapes targets."""
+    """The FD reference of ``bed``'s fronts: the held-out digits, or the attribute pool matched to the ``n`` shapes targets.
+
+    Computed once per process (every point of a bed is scored against it); callers must not modify it.
+    """
     from onmanifold import metrics
     from onmanifold.evaluate import eval_classifier, reference_set
 
@@ -173,6 +181,14 @@ def reference_features(bed: str, n: int) -> torch.Tensor:
     return metrics.classifier_features(eval_classifier("shapes"), ref)
 
 
+@lru_cache(maxsize=4)
+def _data_variance(bed: str) -> float:
+    """The training images' variance (Time-Shift's schedule matching), once per process."""
+    from onmanifold.temporal import image_variance
+
+    return image_variance(get_testbed(bed).images("train")[0])
+
+
 def _front_point(bed: str, method: str, strength: float, value, n: int, split: str, samples_file: Path | None) -> dict:
     """Sample ``n`` guided samples of one point and score them; the test split keeps per-sample data for the bootstrap."""
     from onmanifold import metrics
@@ -180,7 +196,7 @@ def _front_point(bed: str, method: str, strength: float, value, n: int, split: s
     from onmanifold.evaluate import eval_classifier, guidance_classifier
     from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
     from onmanifold.losses import ClassifierLoss, SumOfLosses
-    from onmanifold.temporal import TimeGapRecorder, image_variance
+    from onmanifold.temporal import TimeGapRecorder
 
     cfg = BEDS[bed]
     if bed == "shapes" and n % len(SHAPE_PAIRS):
@@ -200,7 +216,7 @@ def _front_point(bed: str, method: str, strength: float, value, n: int, split: s
         guide = DiffusionPosteriorSampling(loss, strength) if method.startswith("dps") else SphericalGaussianGuidance(loss, strength, 1)
         plugins = [asced, guide]
     else:
-        data_var = image_variance(get_testbed(bed).images("train")[0])
+        data_var = _data_variance(bed)
         plugins = label_guidance_plugins(method, strength if "+" not in method else value, loss, phi,
                                          {"dps": strength, "dsg": strength}, data_var)
     x, sec = _sample(diffusion_model(get_testbed(bed).model), [rec, *plugins], cfg["steps"], n,
