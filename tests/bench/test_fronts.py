@@ -96,3 +96,8 @@ def test_the_command_line_refuses_a_bad_grid_in_one_line(tmp_path, capsys, argv,
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and flag in err
     assert not any(p.is_file() for p in tmp_path.rglob("*"))  # the output folders may have been checked for writing, nothing more
+
+
+def test_a_guidance_rate_above_one_is_refused_by_the_suite():
+    with pytest.raises(ValueError, match=r"--rates: expected strengths in \(0, 1\]"):
+        fronts_suite(quick=True, rates=(0.5, 2.0))
