@@ -195,10 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--asced-dilation", type=int, default=None, help="--method asced: dilation radius of the corrected region in pixels (default: round(5 H / 256))")
     sp.add_argument("--asced-correction", default=None, choices=["ttc", "state-replacement"],
                     help="--method asced: trajectory-aware correction (ttc, default) or the State Replacement baseline")
-    sp.add_argument("--device", default="cpu", help="where the network runs (cpu, cuda, cuda:N, mps); the loop's noise stays on CPU "
-                                                    "generators, so the seeds give the same noise on any device")
+    sp.add_argument("--device", default="cpu", help="where the run happens (cpu, cuda, cuda:N, mps): the model, time predictor and "
+                                                    "classifiers go there and the loop follows; the per-sample generators stay on the "
+                                                    "CPU, so a seed gives the same noise on any device")
     sp.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"],
-                    help="precision of the network's weights and calls (the sampling state stays float32)")
+                    help="precision of the run: the networks' weights and the sampling state (the noise is drawn "
+                         "in it, as diffusers does; DSG's and TAG's norms are taken in float32 at least); "
+                         "samples.pt is written as float32")
     sp.add_argument("--out", default="samples", help="output folder, checked before sampling (samples.pt, grid.png or scatter.png, "
                                                   "sample-NNNNN.png per sample, comparison.png with a measurement, asced-mask-NNNNN.png "
                                                   "with asced, samples.json with the settings and per-sample metrics; replaced as one set)")

@@ -373,56 +373,50 @@ _DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "bf
 
 
 def _placement(args):
-    """``(device, dtype)`` of the network from ``--device``/``--dtype``, checked (an unavailable device is refused)."""
+    """``(device, dtype)`` of the run from ``--device``/``--dtype``, checked (:func:`onmanifold.device.check_device`:
+    an unavailable device is refused)."""
     import torch
 
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"--device: {args.device!r} is not a device (cpu, cuda, cuda:N, mps)") from e
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device: {args.device} is not available on this machine (torch sees {torch.cuda.device_count()} CUDA devices)")
-    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError("--device: mps is not available on this machine")
+    from .device import check_device
+
+    device = check_device(args.device, "--device")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"--device: expected cpu, cuda, cuda:N or mps, got {args.device}")
     return device, getattr(torch, _DTYPES[args.dtype])
 
 
-class _NetworkOn:
-    """The network on ``device`` in ``dtype``; the sampling loop (noise, plugins, seeds) stays on the CPU in float32.
+def _move_run(device, dtype, loaded, predictor, loss) -> None:
+    """Put every network of the run on ``device`` in ``dtype``; the loop follows the model there
+    (:meth:`onmanifold.sampler.DDIMSampler.sample`: noise, plugins and seeds on the model's device, the per-sample
+    generators on the CPU, so the samples match the CPU's up to the device's arithmetic).
 
-    Each call moves ``x`` (and ``cond``) to the network and its output back, differentiably, so every plugin and
-    loss gradient works unchanged and the per-sample CPU generators keep the samples' seeds.
+    The diffusion model (a latent model's VAE and prompt encoder with it), TAG's time predictor and every guidance
+    classifier take the run's ``x`` and so its dtype (a classifier is copied first: the bundled ones are shared by
+    the process, :func:`onmanifold.evaluate.guidance_classifier`); a measurement loss's ``y``, masks and kernels move
+    to the device on first use and keep their float32 (:func:`onmanifold.device.buffer_on`).
     """
+    import copy
 
-    def __init__(self, model, device, dtype) -> None:
-        import torch
+    import torch
 
-        self.model = model.to(device=device, dtype=dtype) if isinstance(model, torch.nn.Module) else model
-        self.device, self.dtype = device, dtype
-        for name in ("data_range", "prediction_type", "learned_variance"):
-            if hasattr(model, name):
-                setattr(self, name, getattr(model, name))
-        if hasattr(model, "full_prediction"):
-            self.full_prediction = self._full_prediction
+    from .losses import ClassifierLoss
 
-    def _to(self, v):
-        import torch
+    if device.type == "cpu" and dtype == torch.float32:  # where everything is loaded
+        return
+    loaded.to(device=device, dtype=dtype)
+    if predictor is not None:
+        predictor.to(device=device, dtype=dtype)
+    if loss is not None:
+        for part in loss.modules():
+            if isinstance(part, ClassifierLoss):
+                part.classifier = copy.deepcopy(part.classifier).to(device=device, dtype=dtype)
 
-        if torch.is_tensor(v):
-            return v.to(self.device, self.dtype if v.is_floating_point() else v.dtype)
-        return v
 
-    def __call__(self, x, t, cond=None):
-        return self.model(self._to(x), t.to(self.device), self._to(cond)).to("cpu", x.dtype)
+def _on_cpu(t):
+    """``t`` as a float32 CPU tensor (None stays None)."""
+    import torch
 
-    def _full_prediction(self, x, t, cond=None):
-        out = self.model.full_prediction(self._to(x), t.to(self.device), self._to(cond))
-        return type(out)(*(None if v is None else v.to("cpu", x.dtype) for v in out))
-
-    def decode(self, z):
-        return self.model.decode(self._to(z)).to("cpu", z.dtype)
+    return None if t is None else t.detach().to("cpu", torch.float32)
 
 
 def _captioned_png(img, caption: str):
@@ -453,10 +447,9 @@ def _per_sample_outputs(outputs, x, images, truth, asced, run: str) -> list[dict
             outputs.add(f"sample-{i:05d}.png", _captioned_png(img, f"Sample {i} at its own size ({run}){score}."))
             rows[i]["png"] = f"sample-{i:05d}.png"
     if asced is not None:
-        result = asced.detector.results()
-        corrected = asced.corrector.corrected
+        masks, corrected = asced.detector.results().mask.cpu(), asced.corrector.corrected.cpu()
         for i in range(x.shape[0]):
-            m = result.mask[i]
+            m = masks[i]
             img = Image.fromarray((m.to(torch.uint8) * 255).numpy())
             outputs.add(f"asced-mask-{i:05d}.png", _captioned_png(
                 img, f"ASCED's detected mask M of sample {i} (white: {int(m.sum())} flagged pixels; "
@@ -510,7 +503,7 @@ def run_sample(args, progress: bool) -> int:
     sampler = sampler_for(loaded, args.steps, args.eta, args.spacing, clamp=not args.no_clamp, micro_batch=args.micro_batch)
     guidance, loss, y, truth = guidance_setup(args, loaded, bed, args.num_samples)
     plugins, settings = [], {}
-    asced = None
+    asced = predictor = None
     if "asced" in methods:
         asced, settings["asced"] = _asced(args, loaded, guided=guidance is not None)
         plugins.append(asced)
@@ -522,14 +515,15 @@ def run_sample(args, progress: bool) -> int:
         settings.update(omega0=_option(args, "omega0"), time_predictor=predictor_path)
     if guidance is not None:
         plugins.append(guidance)
-    model = loaded.model if (device.type == "cpu" and dtype == torch.float32) else _NetworkOn(loaded.model, device, dtype)
-    cond, guided_model = _prompt_and_cfg(args, loaded, model)
+    _move_run(device, dtype, loaded, predictor, loss)
+    cond, guided_model = _prompt_and_cfg(args, loaded, loaded.model)
     with output_dir(args.out, "--out", need_bytes=result_bytes * 3 + (4 << 20)) as out:  # the tensor, PNGs, masks and the manifest
         x = sampler.sample(guided_model, shape=loaded.sample_shape, num_samples=args.num_samples, seed=args.seed,
                            batch_size=args.batch_size, progress=progress, plugins=plugins, cond=cond)
     latent = loaded.data_range is None and hasattr(loaded.model, "decode") and x.dim() == 4
     with torch.no_grad():
-        images = (model.decode(x) if isinstance(model, _NetworkOn) else loaded.decode(x)).clamp(-1, 1) if latent else (x if x.dim() == 4 else None)
+        images = loaded.decode(x).clamp(-1, 1) if latent else (x if x.dim() == 4 else None)
+    x, images = _on_cpu(x), _on_cpu(images)  # the outputs (tensor, PNGs, metrics) are written from float32 CPU copies
     info = {"model": args.model, "steps": args.steps, "eta": args.eta, "spacing": sampler.spacing, "seed": args.seed,
             "num_samples": args.num_samples, "timesteps": sampler.timesteps, "bed": bed, "method": ",".join(methods) or "none",
             "plugins": [type(p).__name__ for p in plugins], "task": args.task, "operator": args.operator,
