@@ -7,7 +7,7 @@ from pathlib import Path
 
 from onmanifold.nets.checkpoint import write_text_atomic
 
-from .tables import format_value, markdown_table
+from .tables import MetricFormat, format_value, markdown_table
 
 __all__ = ["write_fronts_report"]
 
@@ -76,6 +76,7 @@ def _claims(bed: str, a: dict) -> list[str]:
 def write_fronts_report(records: list[dict], results_dir, command: str, run_dir, protocol: str = "") -> Path:
     """``docs/results/fronts.md``: the protocol (the suite's docstring), per bed the front figure, the points, the areas and the claims."""
     results_dir = Path(results_dir)
+    fm = MetricFormat("fronts")  # each point's accuracy, FD and time gap to the decimals its measured rounding spread supports
     L = ["# Accuracy–FD fronts across guidance strength", "", protocol.split("\n\n", 1)[-1].strip(), "", "Command(s):", "", "```", command, "```", "",
          f"Date: {_dt.date.today().isoformat()}", ""]
     analyses = {r["cell"]["setting"]["bed"]: r for r in records if r["cell"]["method"] == "fronts"}
@@ -99,8 +100,9 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
               + (" (the 5x target of the sweep is reached)." if ratio is not None and ratio >= 5 else " (below the 5x the sweep aims for: the grid did not break fidelity that far)."), ""]
         pts = sorted(a["points"], key=lambda p: (p["method"] != "none", p["method"], p["strength"]))
         L += ["### Points", "", markdown_table(["method", "strength", "knob (chosen on validation)", "accuracy", "FD", "time gap", "dominated"],
-                                                [[p["method"], f"{p['strength']:g}", "-" if p["value"] is None else f"{p['value']:g}", f"{p['acc']:.3f}",
-                                                  format_value(p["fd"]), format_value(p["tg"]), "yes" if p["dominated"] else ""] for p in pts]), ""]
+                                                [[p["method"], f"{p['strength']:g}", "-" if p["value"] is None else f"{p['value']:g}",
+                                                  fm(p["acc"], "acc", p["method"], decimals=3), fm(p["fd"], "fd", p["method"]),
+                                                  fm(p["tg"], "tg", p["method"]), "yes" if p["dominated"] else ""] for p in pts]), ""]
         L += ["### Area between fronts", "", f"area(A, B) < 0: A reaches the same accuracy at lower FD. 95 % paired bootstrap intervals "
               f"({a['reps']} replicates).", "",
               markdown_table(["A", "B", "area", "95 % interval", "accuracy range", "mean FD gap"],
@@ -113,6 +115,7 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
                              [[d["method"], f"{d['strength']:g}", f"{d['d_acc']:+.3f}", _interval(d["d_acc_ci"]), format_value(d["d_fd"]),
                                _interval(d["d_fd_ci"])] for d in diffs]), ""]
         L += ["### The claims, from the fronts", "", *_claims(bed, a), ""]
+    L += [fm.note(), ""]
     path = results_dir / "fronts.md"
     write_text_atomic(path, "\n".join(L))
     return path

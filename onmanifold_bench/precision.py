@@ -61,6 +61,33 @@ def format_with_spread(value: Any, spread: float | None) -> str:
     return tables.format_value(value, 4) if d is None else tables.format_value(value, decimals=d)
 
 
+class ScaledEps(torch.nn.Module):
+    """``model(x, t, cond) * scale``: a diffusion model whose eps is perturbed by a relative ``scale - 1``.
+
+    Every other attribute is the wrapped model's (a latent model's ``decode``/``encode``/``encode_prompt``, its
+    ``data_range``, ``prediction_type``...), so any model a suite loads, pixel or latent, runs perturbed unchanged.
+    A model that also predicts a learned variance (``full_prediction``) is refused: its eps would leave unscaled.
+    """
+
+    def __init__(self, model, scale: float) -> None:
+        super().__init__()
+        if hasattr(model, "full_prediction"):
+            raise ValueError("model: a model with full_prediction (learned variance) cannot be perturbed by ScaledEps")
+        self.inner = model
+        self.scale = float(scale)
+
+    def forward(self, x, t, cond=None):
+        return self.inner(x, t, cond) * self.scale
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "inner":
+                raise
+            return getattr(self.inner, name)
+
+
 @contextmanager
 def _condition(name: str) -> Iterator[None]:
     """Run the block under one of :data:`CONDITIONS` (models reloaded inside, restored after)."""
@@ -74,12 +101,7 @@ def _condition(name: str) -> Iterator[None]:
 
     def perturbed(*args, **kwargs):
         loaded = original(*args, **kwargs)
-        inner = loaded.model
-
-        def model(x, t, cond=None):
-            return inner(x, t, cond) * scale
-
-        return dataclasses.replace(loaded, model=model)
+        return dataclasses.replace(loaded, model=ScaledEps(loaded.model, scale))
 
     models.clear()
     torch.set_num_threads(2 if name == "threads=2" else 1)
@@ -277,7 +299,47 @@ def _compose_probes() -> list[Probe]:
     return [Probe("compose", m, f"shapes SR x4, DDIM-25, the chosen knobs {kw}, n = 64", one(m)) for m in COMPOSE_METHODS]
 
 
-SUITE_PROBES = {"dsg": _dsg_probes, "tag": _tag_probes, "asced": _asced_probes, "compose": _compose_probes}
+def _latent_probes() -> list[Probe]:
+    from .latent import ASCED_SCALE, CFG_TAG_SCALE, asced_run, latent_run
+
+    def one(kind: str, n: int, **kw):
+        return lambda: {k: v for k, v in latent_run(kind, n, **kw).items() if not k.startswith("s_per_sample")}
+
+    def asced(n: int):
+        return lambda: {k: v for k, v in asced_run(n).items() if not (k.startswith("s_per_sample") or k.startswith("decoder_"))
+                        and v is not None}
+
+    return [
+        Probe("latent", "cfg", "shapes-latent, CFG s = 3, DDPM-25, n = 36", one("cfg", 36, scale=3.0)),
+        Probe("latent", "cfg+tag", f"shapes-latent, CFG s = {CFG_TAG_SCALE:g} + TAG omega0 1, DDPM-25, n = 36",
+              one("cfg", 36, scale=CFG_TAG_SCALE, omega0=1.0)),
+        Probe("latent", "sr-dps", "shapes-latent SR x4 through the decoder, DPS zeta 3 (the chosen zeta), DDPM-25, n = 16",
+              one("sr", 16, guidance="dps", zeta=3.0)),
+        Probe("latent", "sr-dsg", "shapes-latent SR x4 through the decoder, DSG g_r 0.3 (the chosen g_r), DDPM-25, n = 16",
+              one("sr", 16, guidance="dsg", g_r=0.3)),
+        Probe("latent", "label-dps", "shapes-latent type guidance through the decoder, DPS zeta 1 (the chosen zeta), DDPM-25, n = 16",
+              one("label", 16, guidance="dps", zeta=1.0)),
+        Probe("latent", "asced", f"shapes-latent, CFG s = {ASCED_SCALE:g} + ASCED on the latent x0_hat, DDPM-25, n = 36", asced(36)),
+    ]
+
+
+def _fronts_probes() -> list[Probe]:
+    from .fronts import _front_point
+
+    def point(method: str, strength: float, value=None, n: int = 64):
+        return lambda: {k: v for k, v in _front_point("digits", method, strength, value, n, "test", None).items() if k != "s_per_sample"}
+
+    return [
+        Probe("fronts", "none", "digits, unguided, DDPM-50, n = 64", point("none", 0.0)),
+        Probe("fronts", "dps", "digits label guidance, DPS zeta 10, DDPM-50, n = 64", point("dps", 10.0)),
+        Probe("fronts", "dps", "digits label guidance, DPS zeta 100 (the strongest), DDPM-50, n = 64", point("dps", 100.0)),
+        Probe("fronts", "dsg", "digits label guidance, DSG g_r 0.4, DDPM-50, n = 64", point("dsg", 0.4)),
+        Probe("fronts", "dps+tag", "digits label guidance, DPS zeta 10 + TAG omega0 0.5, DDPM-50, n = 64", point("dps+tag", 10.0, 0.5)),
+    ]
+
+
+SUITE_PROBES = {"dsg": _dsg_probes, "tag": _tag_probes, "asced": _asced_probes, "compose": _compose_probes, "latent": _latent_probes,
+                "fronts": _fronts_probes}
 """Per suite, its representative cells: one per method and metric family, at the suite's cheapest step count and a low ``n``."""
 
 

@@ -198,3 +198,35 @@ def test_measure_suite_spread_records_each_method_and_metric_and_resumes(tmp_pat
 def test_measure_spread_takes_no_cell_filter(tmp_path, capsys):
     assert main(["bench", "dsg", "--measure-spread", "--only", "method=dps", "--run-dir", str(tmp_path / "r")]) == 2
     assert "--measure-spread" in capsys.readouterr().err
+
+
+def test_the_eps_perturbation_reaches_latent_models_and_keeps_their_parts():
+    """The spread conditions perturb eps by 1 +- 1e-6 through :class:`ScaledEps`, which keeps every other part of the model
+    (a latent model's decode, encode and encode_prompt, its data range): the latent suite runs perturbed, and the
+    perturbation is exactly the model's eps times the scale. A learned-variance model is refused (its eps would escape)."""
+    import dataclasses
+
+    import torch
+
+    import onmanifold.model as model_module
+    from onmanifold_bench import models
+    from onmanifold_bench.precision import ScaledEps, _condition
+
+    with _condition("eps+1e-06"):
+        loaded = models.diffusion_model("shapes-latent")
+        assert isinstance(loaded.model, ScaledEps) and loaded.data_range is None
+        z = torch.randn(2, *loaded.sample_shape, generator=torch.Generator().manual_seed(0))
+        cond = loaded.encode_prompt(["", ""])
+        t = torch.tensor([300, 700])
+        with torch.no_grad():
+            assert torch.equal(loaded.model(z, t, cond), loaded.model.inner(z, t, cond) * (1 + 1e-6))
+            assert torch.equal(loaded.decode(z), dataclasses.replace(loaded, model=loaded.model.inner).decode(z))
+    assert not isinstance(models.diffusion_model("shapes-latent").model, ScaledEps)  # restored after the condition
+    assert model_module.load_diffusion_model.__name__ == "load_diffusion_model"
+
+    class LearnedVariance(torch.nn.Module):
+        def full_prediction(self, x, t, cond=None):
+            return x, x
+
+    with pytest.raises(ValueError, match=r"^model: a model with full_prediction"):
+        ScaledEps(LearnedVariance(), 1.0)
