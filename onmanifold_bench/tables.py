@@ -161,6 +161,19 @@ class MetricFormat:
             d = decimals if supported is None else min(decimals, supported)
         return f"{100 * value:.{d}f} %"
 
+    def outcome(self, a: float, b: float, metric: str, method_a: str, method_b: str, lower_is_better: bool) -> int:
+        """``+1`` when ``a`` (of ``method_a``) beats ``b`` (of ``method_b``) on ``metric`` by more than the two rounding spreads
+        together, ``-1`` when it loses by more, ``0`` when the difference is within them (a difference rounding could make).
+
+        >>> MetricFormat("x", {("dps", "fd"): 0.2, ("dsg", "fd"): 0.05}).outcome(3.0, 3.2, "fd", "dsg", "dps", lower_is_better=True)
+        0
+        """
+        margin = sum(self.spread(metric, m) or 0.0 for m in (method_a, method_b))
+        if metric not in {k for _, k in self.spreads}:
+            self.unmeasured.add(metric)
+        gain = (b - a) if lower_is_better else (a - b)
+        return 1 if gain > margin else (-1 if gain < -margin else 0)
+
     def note(self) -> str:
         """The page's line on where its digits come from."""
         if not self.spreads:

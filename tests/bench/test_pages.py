@@ -230,3 +230,16 @@ def test_the_eps_perturbation_reaches_latent_models_and_keeps_their_parts():
 
     with pytest.raises(ValueError, match=r"^model: a model with full_prediction"):
         ScaledEps(LearnedVariance(), 1.0)
+
+
+def test_a_win_counts_only_beyond_both_rounding_spreads():
+    """The DSG page counts DSG's wins and losses against DPS only where the difference exceeds the two methods' rounding
+    spreads together; a smaller difference is reported as within the spread, never as a win."""
+    from onmanifold_bench.tables import MetricFormat
+
+    fm = MetricFormat("dsg", {("dps", "fd"): 0.2, ("dsg", "fd"): 0.05, ("dps", "psnr"): 0.1})
+    assert fm.outcome(3.0, 3.2, "fd", "dsg", "dps", lower_is_better=True) == 0  # 0.2 < 0.25
+    assert fm.outcome(3.0, 3.3, "fd", "dsg", "dps", lower_is_better=True) == 1
+    assert fm.outcome(3.3, 3.0, "fd", "dsg", "dps", lower_is_better=True) == -1
+    assert fm.outcome(20.3, 20.0, "psnr", "dsg", "dps", lower_is_better=False) == 1  # dsg has no psnr probe: dps's 0.1 is the suite's largest
+    assert fm.outcome(20.15, 20.0, "psnr", "dsg", "dps", lower_is_better=False) == 0
