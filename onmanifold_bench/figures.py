@@ -270,6 +270,12 @@ def method_figures(records: list[dict], artifact: Artifact, out_dir: Path,
         jobs.append(("tag_time_gap_curves.png", lambda p: tag_time_gap_figure(records, p)))
     if {"original", "asced"} <= methods:
         jobs.append(("asced_overlay_shapes.png", lambda p: asced_overlay_figure(records, artifact, p)))
+    for r in records:
+        if r["cell"]["method"] == "fronts":  # the fronts suite's analysis cell: its points are the figure's data
+            from .fronts_report import fronts_figure
+
+            bed = r["cell"]["setting"]["bed"]
+            jobs.append((f"fronts_{bed}.png", lambda p, b=bed, a=r["metrics"]: fronts_figure(b, a, p)))
     made, notes = [], []
     for name, draw in jobs:
         try:

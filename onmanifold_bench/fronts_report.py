@@ -9,13 +9,15 @@ from onmanifold.nets.checkpoint import write_text_atomic
 
 from .tables import MetricFormat, format_value, markdown_table
 
-__all__ = ["write_fronts_report"]
+__all__ = ["write_fronts_report", "fronts_figure"]
 
 def _interval(ci) -> str:
     return f"[{format_value(ci[0])}, {format_value(ci[1])}]"
 
 
-def _figure(bed: str, analysis: dict, fig_dir: Path) -> str:
+def fronts_figure(bed: str, analysis: dict, path: Path) -> str:
+    """Draw ``bed``'s fronts (the analysis cell's points) into ``path``: accuracy against FD (log scale) and against the
+    time gap, one line per method from the unguided point to the strongest, dominated points hollow. Returns the caption."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,9 +40,11 @@ def _figure(bed: str, analysis: dict, fig_dir: Path) -> str:
                 title=f"{bed}: accuracy-FD fronts (hollow: dominated)")
     axes[1].set(xlabel="accuracy (evaluation classifier)", ylabel="mean time gap |t_hat - t|", title=f"{bed}: accuracy-time gap")
     axes[0].legend(fontsize=7, ncol=2)
-    name = f"fronts_{bed}.png"
-    save_figure(fig, fig_dir / name, dpi=110)
-    return f"figures/{name}"
+    caption = (f"{bed}: every method's points from the unguided sampler (strength 0) to the strongest setting, accuracy against FD "
+               f"(left, log scale) and against the time gap (right); hollow markers are dominated by a point of some method. "
+               f"n = {analysis['n']} test samples per point.")
+    save_figure(fig, path, dpi=110, caption=caption)
+    return caption
 
 
 def _claims(bed: str, a: dict) -> list[str]:
@@ -91,10 +95,9 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
             L += ["The analysis cell has not run yet (some points are missing).", ""]
             continue
         a = analyses[bed]["metrics"]
-        L += [f"![{bed} fronts]({_figure(bed, a, results_dir / 'figures')})", "",
-              f"*Figure: every method's points from the unguided sampler (strength 0) to the strongest setting, accuracy against FD "
-              f"(left, log scale) and against the time gap (right); hollow markers are dominated by a point of some method. "
-              f"n = {a['n']} test samples per point.*", ""]
+        (results_dir / "figures").mkdir(parents=True, exist_ok=True)
+        caption = fronts_figure(bed, a, results_dir / "figures" / f"fronts_{bed}.png")
+        L += [f"![{bed} fronts](figures/fronts_{bed}.png)", "", f"*Figure: {caption}*", ""]
         ratio = a["max_dps_fd_ratio"]
         L += [f"Unguided FD {format_value(a['unguided_fd'])}; the strongest DPS reaches {format_value(ratio)} x that"
               + (" (the 5x target of the sweep is reached)." if ratio is not None and ratio >= 5 else " (below the 5x the sweep aims for: the grid did not break fidelity that far)."), ""]

@@ -101,3 +101,21 @@ def test_the_command_line_refuses_a_bad_grid_in_one_line(tmp_path, capsys, argv,
 def test_a_guidance_rate_above_one_is_refused_by_the_suite():
     with pytest.raises(ValueError, match=r"--rates: expected strengths in \(0, 1\]"):
         fronts_suite(quick=True, rates=(0.5, 2.0))
+
+
+def test_the_report_draws_the_front_figure_from_the_analysis_cell(tmp_path):
+    """``onmanifold report`` (through :func:`onmanifold_bench.figures.method_figures`) draws each bed's front figure from
+    the analysis cell's points, with its caption; the results page draws the same figure."""
+    from onmanifold.images import read_caption
+    from onmanifold_bench.figures import method_figures
+
+    points = [{"method": "none", "strength": 0.0, "acc": 0.1, "fd": 2.0, "tg": 1.0, "dominated": False},
+              {"method": "dps", "strength": 1.0, "acc": 0.6, "fd": 4.0, "tg": 3.0, "dominated": False},
+              {"method": "dps", "strength": 10.0, "acc": 0.5, "fd": 9.0, "tg": 6.0, "dominated": True},
+              {"method": "dsg", "strength": 0.4, "acc": 0.7, "fd": 3.0, "tg": 2.0, "dominated": False}]
+    record = {"cell": {"method": "fronts", "setting": {"bed": "digits", "n": 256, "reps": 500}}, "metrics": {"points": points, "n": 256}}
+    made, notes = method_figures([record], lambda rec: None, tmp_path)
+    assert notes == [] and [p.name for p, _ in made] == ["fronts_digits.png"]
+    caption = made[0][1]
+    assert "hollow markers are dominated" in caption and "n = 256" in caption
+    assert read_caption(tmp_path / "fronts_digits.png") == caption
