@@ -466,9 +466,13 @@ def _paper_range(key: str) -> str:
     return f"{100 * lo:.1f}-{100 * hi:.1f} %"
 
 
-def _delta(r: dict) -> str:
+def _delta(r: dict, fm: MetricFormat, method: str) -> str:
+    """``ΔFD [95 % CI]`` of ``method`` against the original, to the decimals the two FD spreads summed support."""
     ci = r.get("delta_fd_ci")
-    return "-" if ci is None else f"{r['delta_fd']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    if ci is None:
+        return "-"
+    shown = [fm.difference(v, "fd", method, "original", decimals=3) for v in (r["delta_fd"], *ci)]
+    return f"{shown[0]} [{shown[1]}, {shown[2]}]"
 
 
 def write_asced_report(records: list[dict], results_dir, command: str, run_dir, cells, artifact_of) -> Path:
@@ -504,7 +508,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     t = sh["table"]
     det = sh["detection"]
     L += ["## Ground-truth artifacts of the bundled shapes UNet (issue item 6)", "",
-          f"Share of DDIM-25 samples with a ground-truth artifact (original, {summ['main_n']} samples): **{_pct(t['original']['gt_rate'])}** "
+          f"Share of DDIM-25 samples with a ground-truth artifact (original, {summ['main_n']} samples): **{fm.percent(t['original']['gt_rate'], 'gt_rate')}** "
           "(definition: `gt_artifact_mask`, deviation from the nearest valid shape > 0.5, opened by a 2x2 square, >= 4 px; "
           "it flags 0 of 1000 real shapes). This is above the issue's ~10 % floor, so the final model is used and no earlier "
           "checkpoint is shipped."]
@@ -541,7 +545,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     for m in ("original", "asced", "state-replacement", "score-clipping", "oracle-ttc"):
         r = t[m]
         ci = r.get("delta_fd_ci")
-        L.append(f"| {m} | {fm(r['fd'], 'fd', None, 4)} | {_delta(r)} | {fm(r['precision'], 'precision')} | "
+        L.append(f"| {m} | {fm(r['fd'], 'fd', None, 4)} | {_delta(r, fm, m)} | {fm(r['precision'], 'precision')} | "
                  f"{fm(r['recall'], 'recall')} | {fm.percent(r['gt_rate'], 'gt_rate')} | {_pct(r.get('repair_rate'))} | {_pct(r.get('damage_rate'))} | "
                  f"{_pct(r.get('corrected_rate', r.get('changed_rate')))} |")
     L += ["", "Score Clipping changes every sample (no mask); its 'corrected' column is the share of outputs that differ from the original. "
@@ -555,7 +559,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     for m in ("original", "asced", "state-replacement", "score-clipping"):
         r = dg["table"][m]
         ci = r.get("delta_fd_ci")
-        L.append(f"| {m} | {fm(r['fd'], 'fd', None, 4)} | {_delta(r)} | {fm(r['precision'], 'precision')} | {fm(r['recall'], 'recall')} | "
+        L.append(f"| {m} | {fm(r['fd'], 'fd', None, 4)} | {_delta(r, fm, m)} | {fm(r['precision'], 'precision')} | {fm(r['recall'], 'recall')} | "
                  f"{_pct(r.get('corrected_rate', r.get('changed_rate')))} |")
     L += ["", "## Detection against ground truth (shapes, original runs)", "",
           "The detector's mask at n_c is the same in the original and the ASCED run of a seed (the trajectories agree up to n_c).", "",
@@ -681,7 +685,7 @@ def write_asced_report(records: list[dict], results_dir, command: str, run_dir, 
     extras = _claim_extras(summ, records, sample_extras)
     if "m_in_shape" not in extras and "m_in_shape" in kept_parts:
         extras.update(m_in_shape=kept_parts["m_in_shape"], shape_share=kept_parts["shape_share"])
-    L += ["## The paper's claims at our scale", ""] + _claims(summ, ov, extras) + [""]
+    L += ["## The paper's claims at our scale", ""] + _claims(summ, ov, extras, fm) + [""]
     L[note_at:note_at] = [fm.note(), ""]
     return _write(results_dir, L, write_text_atomic)
 
@@ -813,9 +817,17 @@ def _digits_grid(cells, artifact_of, path: Path, save_rows) -> bool:
     return True
 
 
-def _claims(summ: dict, ov: dict | None, extra: dict) -> list[str]:
-    """One line per claim of the paper, each opening with a verdict computed from the numbers (never hand-edited)."""
+def _claims(summ: dict, ov: dict | None, extra: dict, fm: MetricFormat) -> list[str]:
+    """One line per claim of the paper, each opening with a verdict computed from the numbers (never hand-edited); quality
+    numbers through the page's ``fm`` (:class:`MetricFormat`), to the digits their rounding spreads support."""
     t = summ["shapes"]["table"]
+
+    def dfd(m: str, table=t) -> str:  # ΔFD of method m against the original
+        return fm.difference(table[m]["delta_fd"], "fd", m, "original", decimals=3)
+
+    def fd(v: float) -> str:  # as the tables print FD
+        return fm(v, "fd", None, 4)
+
     det = summ["shapes"]["detection"]
     a = t["asced"]
     out = []
@@ -828,30 +840,30 @@ def _claims(summ: dict, ov: dict | None, extra: dict) -> list[str]:
             return "higher FD than the original (95 % CI excludes 0)"
         return "no FD difference resolvable (95 % CI contains 0)"
 
-    dg = summ["digits"]["table"]["asced"]
     held = a["delta_fd_ci"][1] < 0
     gain, gain_pct = PAPER["table1_fid_gain"], PAPER["table1_fid_gain_percent"]
     out.append(f"- **Table 1, ASCED lowers FID against the original (gains of {gain[0]:.2f}-{gain[1]:.2f} FID, {gain_pct[0]}-{gain_pct[1]} %): {'held' if held else 'did not hold'} on shapes.** "
-               f"ΔFD {a['delta_fd']:+.3f} ({100 * a['delta_fd'] / t['original']['fd']:+.0f} %), {ci_verdict('asced')}; precision "
-               f"{t['original']['precision']:.3f} -> {a['precision']:.3f}, recall {t['original']['recall']:.3f} -> {a['recall']:.3f}. "
-               f"Digits: ΔFD {dg['delta_fd']:+.3f}, {ci_verdict('asced', summ['digits']['table'])}. The mechanism differs from the paper's "
+               f"ΔFD {dfd('asced')} ({100 * a['delta_fd'] / t['original']['fd']:+.0f} %), {ci_verdict('asced')}; precision "
+               f"{fm(t['original']['precision'], 'precision', decimals=3)} -> {fm(a['precision'], 'precision', decimals=3)}, recall "
+               f"{fm(t['original']['recall'], 'recall', decimals=3)} -> {fm(a['recall'], 'recall', decimals=3)}. "
+               f"Digits: ΔFD {dfd('asced', summ['digits']['table'])}, {ci_verdict('asced', summ['digits']['table'])}. The mechanism differs from the paper's "
                f"picture, see the detection line: the correction mostly regenerates the object.")
     better = [m for m in ("state-replacement", "score-clipping") if t[m]["fd"] < a["fd"]]
-    out.append(f"- **Table 1, ASCED beats the unsupervised baselines: {'held' if not better else 'did not hold'}.** FD: ASCED {a['fd']:.3f}, "
-               f"State Replacement {t['state-replacement']['fd']:.3f} (ΔFD {t['state-replacement']['delta_fd']:+.3f}), Score Clipping "
-               f"{t['score-clipping']['fd']:.3f} ({ci_verdict('score-clipping')}). State Replacement re-noises the older x0_hat_{{n_d}} and has "
+    out.append(f"- **Table 1, ASCED beats the unsupervised baselines: {'held' if not better else 'did not hold'}.** FD: ASCED {fd(a['fd'])}, "
+               f"State Replacement {fd(t['state-replacement']['fd'])} (ΔFD {dfd('state-replacement')}), Score Clipping "
+               f"{fd(t['score-clipping']['fd'])} ({ci_verdict('score-clipping')}). State Replacement re-noises the older x0_hat_{{n_d}} and has "
                f"the lower FD and the lower GT artifact rate here; in the paper it is worse than the original on {PAPER['state_replacement_worse_on'][0]} of "
                f"{PAPER['state_replacement_worse_on'][1]} datasets and never best.")
     o = t["oracle-ttc"]
     out.append(f"- **Table 1, supervised mask + TTC is close to ASCED (PAL + TTC; here the ground-truth oracle): partly.** Oracle + TTC repairs "
-               f"the most artifacts (GT rate {_pct(t['original']['gt_rate'])} -> {_pct(o['gt_rate'])}, repair {_pct(o.get('repair_rate'))}, damage "
-               f"{_pct(o.get('damage_rate'))}, {_pct(o.get('corrected_rate'))} of samples touched) but its ΔFD is {o['delta_fd']:+.3f} "
-               f"({ci_verdict('oracle-ttc')}), against ASCED's {a['delta_fd']:+.3f} with {_pct(a.get('corrected_rate'))} of samples touched "
-               f"(GT rate {_pct(a['gt_rate'])}, repair {_pct(a.get('repair_rate'))}, damage {_pct(a.get('damage_rate'))}).")
+               f"the most artifacts (GT rate {fm.percent(t['original']['gt_rate'], 'gt_rate')} -> {fm.percent(o['gt_rate'], 'gt_rate')}, repair {_pct(o.get('repair_rate'))}, damage "
+               f"{_pct(o.get('damage_rate'))}, {_pct(o.get('corrected_rate'))} of samples touched) but its ΔFD is {dfd('oracle-ttc')} "
+               f"({ci_verdict('oracle-ttc')}), against ASCED's {dfd('asced')} with {_pct(a.get('corrected_rate'))} of samples touched "
+               f"(GT rate {fm.percent(a['gt_rate'], 'gt_rate')}, repair {_pct(a.get('repair_rate'))}, damage {_pct(a.get('damage_rate'))}).")
     bal = det["balanced_accuracy"]
     out.append(f"- **Table 2, unsupervised detection reaches {_paper_range('table2_accuracy')} image-level accuracy: did not hold.** Balanced accuracy {_pct(bal)}, "
                f"{_pct(det['balanced_subset_accuracy'])} on a random balanced {det['balanced_subset_size']}-image subset, plain accuracy "
-               f"{_pct(det['accuracy'])}: the detector flags {_pct(summ['shapes']['flagged_rate'])} of the samples while {_pct(t['original']['gt_rate'])} "
+               f"{_pct(det['accuracy'])}: the detector flags {fm.percent(summ['shapes']['flagged_rate'], 'flagged_rate')} of the samples while {fm.percent(t['original']['gt_rate'], 'gt_rate')} "
                f"have a ground-truth artifact. Pixel AUROC of the z-map {_f(det['pixel_auroc'])}, IoU(M, G) {_f(det['iou_mask']['mean'])}."
                + (f" {_pct(extra['m_in_shape'])} of the detected pixels lie on the fitted shape (which covers {_pct(extra['shape_share'])} of the "
                   f"image): on a 32x32 image with one object on a flat background, the largest mid-trajectory changes of x0_hat are the object "
@@ -863,9 +875,9 @@ def _claims(summ: dict, ov: dict | None, extra: dict) -> list[str]:
     declines = all(x["fd"] <= y["fd"] for x, y in zip(after, after[1:]))
     fig8 = lo <= best["tc_frac"] <= hi and declines
     out.append(f"- **Fig. 8, correction pays off up to T_c/T ≈ {paper_tc} and declines after: {'held' if fig8 else 'did not hold'}.** Lowest FD at "
-               f"tc_frac = {best['tc_frac']} (FD {best['fd']:.3f}; 0.48: {next(r['fd'] for r in sw if r['tc_frac'] == 0.48):.3f}); after {paper_tc} FD "
-               f"{'rises monotonically' if declines else 'does not rise monotonically'} to {sw[-1]['fd']:.3f} at {sw[-1]['tc_frac']} (original on the "
-               f"same seeds {summ['sweep_original']['fd']:.3f}). Before 0.40 fewer samples are flagged (the window [6, n_c) is short).")
+               f"tc_frac = {best['tc_frac']} (FD {fd(best['fd'])}; 0.48: {fd(next(r['fd'] for r in sw if r['tc_frac'] == 0.48))}); after {paper_tc} FD "
+               f"{'rises monotonically' if declines else 'does not rise monotonically'} to {fd(sw[-1]['fd'])} at {sw[-1]['tc_frac']} (original on the "
+               f"same seeds {fd(summ['sweep_original']['fd'])}). Before 0.40 fewer samples are flagged (the window [6, n_c) is short).")
     ph = summ["shapes"]["phases"]
     mid = 0.2 <= ph["n_peak"] / STEPS <= 0.6
     f = np.asarray(summ["shapes"]["f_mean"])

@@ -130,7 +130,7 @@ def write_compose_report(records: list[dict], results_dir, command: str, run_dir
             alone = [m for m in ("dsg", "dps+tag", "dps+asced") if m in test]
             L += ["## Reading", "",
                   f"- The composition runs: one loop, three plugins, no extra network call beyond TAG's predictor; it corrected "
-                  f"{100 * c.get('corrected_share', 0):.0f} % of the samples at the ASCED step.",
+                  f"{fm.percent(c.get('corrected_share', 0.0), 'corrected_share', 'dsg+tag+asced', decimals=0)} of the samples at the ASCED step.",
                   f"- Best PSNR: {best_psnr} ({fm(test[best_psnr]['psnr'], 'psnr', best_psnr, decimals=2)}); best FD: {best_fd} "
                   f"({fm(test[best_fd]['fd'], 'fd', best_fd, decimals=3)}). The composition: PSNR {fm(c['psnr'], 'psnr', 'dsg+tag+asced', decimals=2)}, "
                   f"FD {fm(c['fd'], 'fd', 'dsg+tag+asced', decimals=3)}.",

@@ -168,11 +168,35 @@ class MetricFormat:
         >>> MetricFormat("x", {("dps", "fd"): 0.2, ("dsg", "fd"): 0.05}).outcome(3.0, 3.2, "fd", "dsg", "dps", lower_is_better=True)
         0
         """
-        margin = sum(self.spread(metric, m) or 0.0 for m in (method_a, method_b))
-        if metric not in {k for _, k in self.spreads}:
-            self.unmeasured.add(metric)
+        margin = self._summed_spread(metric, method_a, method_b) or 0.0
         gain = (b - a) if lower_is_better else (a - b)
         return 1 if gain > margin else (-1 if gain < -margin else 0)
+
+    def difference(self, value: float, metric: str, method_a: str | None = None, method_b: str | None = None,
+                   digits: int = 3, decimals: int | None = None) -> str:
+        """``value = a - b`` (``a`` of ``method_a``, ``b`` of ``method_b``: ``ΔFD = FD(a) - FD(b)``, or a bound of its confidence
+        interval) signed, with the decimals the two methods' rounding spreads summed support (each value moves by up to its own
+        spread, so their difference by up to both together, as in :meth:`outcome`).
+
+        >>> MetricFormat("x", {("dps", "fd"): 0.02, ("dsg", "fd"): 0.005}).difference(3.0 - 3.2123, "fd", "dsg", "dps")
+        '-0.2'
+        """
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return format_value(value, digits, decimals=decimals)
+        value = float(value)
+        d = _shown_decimals(value, digits, decimals)
+        spread = self._summed_spread(metric, method_a, method_b)
+        supported = None if spread is None else decimals_for(value, spread)
+        if supported is not None:
+            d = min(d, supported)
+        return f"{value:+.{d}f}"
+
+    def _summed_spread(self, metric: str, method_a: str | None, method_b: str | None) -> float | None:
+        """The rounding spread of ``metric`` of ``method_a`` plus that of ``method_b`` (None, noted, when it was never probed)."""
+        if metric not in {k for _, k in self.spreads}:
+            self.unmeasured.add(metric)
+            return None
+        return sum(self.spread(metric, m) or 0.0 for m in (method_a, method_b))
 
     def note(self) -> str:
         """The page's line on where its digits come from."""

@@ -137,7 +137,8 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
             c = _by(records, "toy", eps=eps, variant="clean")
             if d and t and c:
                 wd, wt, wc = (statistics.mean(r["metrics"]["w1"] for r in x) for x in (d, t, c))
-                claims.append(f"toy ({eps} eps): drift W1 {wd:.2f} -> {wt:.2f} with TAG (learned predictor), clean {wc:.2f}: "
+                claims.append(f"toy ({eps} eps): drift W1 {fm(wd, 'w1', decimals=2)} -> {fm(wt, 'w1', decimals=2)} with TAG (learned "
+                              f"predictor), clean {fm(wc, 'w1', decimals=2)}: "
                               f"TAG closes {100 * (wd - wt) / max(wd - wc, 1e-9):.0f} % of the drift gap "
                               + ("(holds)." if wt < wd else "(does not hold)."))
 
@@ -183,8 +184,8 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
                           f"at {differ}/{len(sig)} noise levels (the paper: TG is a diagnostic, not the quality target).")
             clean = sorted(_by(records, "corrupt-val", sigma=0.0), key=lambda r: r["cell"]["setting"]["omega0"])
             if clean and clean[0]["cell"]["setting"]["omega0"] == 0 and len(clean) > 1:
-                claims.append(f"corrupted digits, sigma = 0 (no corruption): validation FD {clean[0]['metrics']['fd']:.3g} without TAG, "
-                              + ", ".join(f"{r['metrics']['fd']:.3g} at omega0 {r['cell']['setting']['omega0']:g}" for r in clean[1:3])
+                claims.append(f"corrupted digits, sigma = 0 (no corruption): validation FD {fm(clean[0]['metrics']['fd'], 'fd')} without TAG, "
+                              + ", ".join(f"{fm(r['metrics']['fd'], 'fd')} at omega0 {r['cell']['setting']['omega0']:g}" for r in clean[1:3])
                               + ": TAG is not free on clean trajectories (it is not marginal-preserving, docs/methods/tag.md#T4), so omega0 must be tuned.")
         for fig in ("figures/tag_time_gap_curves.png", "figures/tag_omega_sweep.png"):
             if fig in made:
@@ -199,7 +200,8 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
             ok_fd = sum(x[2] < x[1] for x in pos)
             ok_tg = sum(x[4] < x[3] for x in pos)
             claims.append(f"corrupted digits: TAG (pre) lowers FD at {ok_fd}/{len(pos)} and TG at {ok_tg}/{len(pos)} noise levels sigma > 0 ("
-                          + "; ".join(f"sigma {s}: FD {f0:.3g} -> {f1:.3g}, TG {g0:.0f} -> {g1:.0f}" for s, f0, f1, g0, g1 in better) + ").")
+                          + "; ".join(f"sigma {s}: FD {fm(f0, 'fd')} -> {fm(f1, 'fd')}, TG {fm(g0, 'tg', decimals=0)} -> {fm(g1, 'tg', decimals=0)}"
+                                      for s, f0, f1, g0, g1 in better) + ").")
 
     # ---------------------------------------------------------------- few-step
     few = _by(records, "fewstep")
@@ -219,7 +221,7 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
                         gains.append((nfe, a["fd"] - b["fd"]))
         L += [_table(["sampler", "NFE", "FD without", "FD with TAG", "omega0", "TG without", "TG with"], rows), ""]
         if gains:
-            claims.append("few-step (DDIM, leading): FD gain of TAG per NFE " + ", ".join(f"{n}: {g:+.3g}" for n, g in gains)
+            claims.append("few-step (DDIM, leading): FD gain of TAG per NFE " + ", ".join(f"{n}: {fm.difference(g, 'fd')}" for n, g in gains)
                           + (" — largest at the fewest steps (holds)." if max(g for _, g in gains) > 0 and max(gains, key=lambda x: x[1])[0] == min(g[0] for g in gains) else
                              " — not largest at the fewest steps (does not hold as stated)."))
 
@@ -245,14 +247,19 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
         vals = _by(records, "label-val")
         if vals:
             L += ["Validation sweep (FD / accuracy): " + "; ".join(f"{r['cell']['setting']['method']} {r['cell']['setting']['value']}: "
-                                                                   f"{r['metrics']['fd']:.3g} / {r['metrics']['acc']:.3f}" for r in vals) + ".", ""]
+                                                                   f"{fm(r['metrics']['fd'], 'fd')} / {fm(r['metrics']['acc'], 'acc', decimals=3)}"
+                                                                   for r in vals) + ".", ""]
+
+        def fd_acc(m: dict) -> str:
+            return f"{fm(m['fd'], 'fd')}/{fm(m['acc'], 'acc', decimals=3)}"
+
         d, dt = _m(records, "label", method="dps"), _m(records, "label", method="dps+tag")
         s_, st = _m(records, "label", method="dsg"), _m(records, "label", method="dsg+tag")
         if d and dt:
             both = dt["fd"] < d["fd"] and dt["acc"] > d["acc"]
-            claims.append(f"label guidance: DPS FD/acc {d['fd']:.3g}/{d['acc']:.3f} -> DPS+TAG {dt['fd']:.3g}/{dt['acc']:.3f} "
+            claims.append(f"label guidance: DPS FD/acc {fd_acc(d)} -> DPS+TAG {fd_acc(dt)} "
                           + ("(improves both: holds)" if both else "(does not strictly improve both: does not hold)")
-                          + (f"; DSG {s_['fd']:.3g}/{s_['acc']:.3f} -> DSG+TAG {st['fd']:.3g}/{st['acc']:.3f}." if s_ and st else "."))
+                          + (f"; DSG {fd_acc(s_)} -> DSG+TAG {fd_acc(st)}." if s_ and st else "."))
 
     # ---------------------------------------------------------------- shapes
     sh = _by(records, "shapes")
@@ -269,9 +276,9 @@ def write_tag_report(records: list[dict], results_dir, command: str, run_dir) ->
         n0 = _m(records, "shapes", variant="none")
         if n0:
             best = max(sh, key=lambda r: r["metrics"]["joint_acc"])
-            claims.append(f"two attributes on shapes: joint accuracy without TAG {n0['joint_acc']:.3f}; best TAG variant "
-                          f"{best['cell']['setting']['variant']} {best['metrics']['joint_acc']:.3f}; multi/single/uncond (pre): "
-                          + ", ".join(f"{_m(records, 'shapes', variant=v)['joint_acc']:.3f}" for v in ("multi-pre", "single-pre", "uncond-pre")
+            claims.append(f"two attributes on shapes: joint accuracy without TAG {fm(n0['joint_acc'], 'joint_acc', decimals=3)}; best TAG variant "
+                          f"{best['cell']['setting']['variant']} {fm(best['metrics']['joint_acc'], 'joint_acc', decimals=3)}; multi/single/uncond (pre): "
+                          + ", ".join(fm(_m(records, 'shapes', variant=v)['joint_acc'], 'joint_acc', decimals=3) for v in ("multi-pre", "single-pre", "uncond-pre")
                                       if _m(records, "shapes", variant=v)) + ".")
 
     # ---------------------------------------------------------------- cost

@@ -95,8 +95,10 @@ def test_compose_page(tmp_path):
 def test_asced_page(tmp_path, monkeypatch):
     """The ASCED page from its summary and overhead records (here the committed ones: no sample artifacts in the run dir)."""
     import onmanifold_bench.asced as asced
+    import onmanifold_bench.spreads as spreads
 
     monkeypatch.setattr(asced, "_saturation", lambda n: [0.5] * asced.STEPS)  # a measurement the page makes itself (seconds)
+    monkeypatch.setattr(spreads, "SPREAD_FILE", RESULTS / "precision.json")  # the committed page's digits (its ΔFD column) follow them
     committed = json.loads((RESULTS / "asced.json").read_text())["records"]
     records = [r for r in committed if r["cell"]["method"] in ("summary", "overhead", "snapshot-gt-rate")]
     page = _page("asced", records, tmp_path)
@@ -243,3 +245,29 @@ def test_a_win_counts_only_beyond_both_rounding_spreads():
     assert fm.outcome(3.3, 3.0, "fd", "dsg", "dps", lower_is_better=True) == -1
     assert fm.outcome(20.3, 20.0, "psnr", "dsg", "dps", lower_is_better=False) == 1  # dsg has no psnr probe: dps's 0.1 is the suite's largest
     assert fm.outcome(20.15, 20.0, "psnr", "dsg", "dps", lower_is_better=False) == 0
+
+
+def test_claims_print_fewer_digits_where_the_spread_is_large(tmp_path, monkeypatch):
+    """The claim sentences go through the page's MetricFormat like its tables: a W1 spread of 0.15 leaves the toy claim no
+    decimal (stored rule: two), and a difference (TAG's few-step FD gain) takes both values' spreads summed: FD spread 0.008
+    keeps each FD's two decimals in the table, but the gain, spread 0.016, keeps one."""
+    import onmanifold_bench.spreads as spreads
+
+    spread_file = tmp_path / "precision.json"
+    probes = [{"method": "drift", "setting": "probe", "spreads": {"w1": 0.15}}, {"method": "corrupted", "setting": "probe", "spreads": {"fd": 0.008}}]
+    spread_file.write_text(json.dumps({"suites": {"tag": {"command": "onmanifold bench tag --measure-spread", "date": "2026-12-03", "probes": probes}}}))
+    monkeypatch.setattr(spreads, "SPREAD_FILE", spread_file)
+
+    def toy(variant, w1, **extra):
+        return _rec("toy", {"eps": "mlp", "variant": variant, "seed": 0, "n": 2000}, {"w1": w1, "tg": 5.0, "tg_exact": 4.0, **extra})
+
+    def fewstep(variant, fd):
+        return _rec("fewstep", {"nfe": 3, "spacing": "leading", "eta": 0.0, "variant": variant, "n": 1000}, {"fd": fd, "tg": 7.0, "omega0": 2.0})
+
+    records = [toy("clean", 1.0123), toy("drift", 3.0412), toy("tag-learned", 2.0113, omega0=1.0), fewstep("none", 5.1234), fewstep("tag", 3.9876)]
+    page = _page("tag", records, tmp_path)
+    assert "toy (mlp eps): drift W1 3 -> 2 with TAG (learned predictor), clean 1: TAG closes" in page
+    assert "| leading, eta 0 | 3 | 5.12 | 3.99 | 2 |" in page  # each FD: its own spread, two decimals
+    assert "FD gain of TAG per NFE 3: +1.1 — largest at the fewest steps (holds)." in page  # the difference: one decimal
+    assert "Digits: each metric is printed with no more decimals" in page
+
