@@ -248,8 +248,8 @@ def write_latent_report(records: list[dict], results_dir, command: str, run_dir)
         by.setdefault(r["cell"]["method"], []).append(r)
     one = {m: rs[0]["metrics"] for m, rs in by.items() if len(rs) == 1}
 
-    def f(v, k, d=3):
-        return format_value(v, decimals=d) if k.startswith("s_per") else fm(v, k, decimals=d)
+    def f(v, k, d=3, method=None):  # method: the row's probe name in precision.json (else the suite's largest spread of k)
+        return format_value(v, decimals=d) if k.startswith("s_per") else fm(v, k, method, decimals=d)
 
     L = ["# The latent shapes model: CFG, DSG vs DPS through the decoder, TAG and ASCED on latents", "",
          __doc__.split("\n\n", 1)[1].strip(), "", "Command(s):", "", "```", command, "```", "", f"Date: {dt.date.today().isoformat()}", ""]
@@ -257,40 +257,42 @@ def write_latent_report(records: list[dict], results_dir, command: str, run_dir)
     if cfg:
         L += ["## Classifier-free guidance scale sweep", "",
               markdown_table(["scale s", "acc type", "acc size", "acc both", "FD", "GT artifact rate", "s/sample"],
-                             [[format_value(r["cell"]["setting"]["scale"]), *(f(r["metrics"][k], k) for k in
+                             [[format_value(r["cell"]["setting"]["scale"]), *(f(r["metrics"][k], k, method="cfg") for k in
                                ("acc_type", "acc_size", "acc_both", "fd", "gt_artifact_rate", "s_per_sample"))] for r in cfg]), ""]
     sr = [m for m in ("sr-none", "sr-dps", "sr-dsg", "sr-dsg-tt2", "sr-dps+tag") if m in one]
     if sr:
         L += ["## Super-resolution x4, the loss through the decoder", "",
               markdown_table(["method", "knob", "PSNR", "SSIM", "FD", "GT artifact rate", "s/sample"],
                              [[m[3:], ", ".join(f"{k[7:]} {format_value(v)}" for k, v in one[m].items() if k.startswith("chosen_")) or "-",
-                               *(f(one[m].get(k), k, d) for k, d in (("psnr", 2), ("ssim", 3), ("fd", 3), ("gt_artifact_rate", 3), ("s_per_sample", 3)))]
+                               *(f(one[m].get(k), k, d, method=m) for k, d in (("psnr", 2), ("ssim", 3), ("fd", 3), ("gt_artifact_rate", 3), ("s_per_sample", 3)))]
                               for m in sr]), ""]
     lab = [m for m in ("label-none", "label-dps", "label-dsg") if m in one]
     if lab:
         L += ["## Classifier guidance (type) through the decoder", "",
               markdown_table(["method", "knob", "type accuracy", "FD", "GT artifact rate", "s/sample"],
                              [[m[6:], ", ".join(f"{k[7:]} {format_value(v)}" for k, v in one[m].items() if k.startswith("chosen_")) or "-",
-                               *(f(one[m].get(k), k) for k in ("acc_type", "fd", "gt_artifact_rate", "s_per_sample"))] for m in lab]), ""]
+                               *(f(one[m].get(k), k, method=m) for k in ("acc_type", "fd", "gt_artifact_rate", "s_per_sample"))] for m in lab]), ""]
     L += _time_predictor_section()
     ct = sorted(by.get("cfg+tag", []), key=lambda r: r["cell"]["setting"]["omega0"])
     base = next((r["metrics"] for r in cfg if r["cell"]["setting"]["scale"] == CFG_TAG_SCALE), None)
     if ct and base:
         L += [f"## TAG on top of CFG (s = {format_value(CFG_TAG_SCALE)})", "",
               markdown_table(["run", "acc type", "acc size", "acc both", "FD", "GT artifact rate", "s/sample"],
-                             [["CFG alone", *(f(base[k], k) for k in ("acc_type", "acc_size", "acc_both", "fd", "gt_artifact_rate", "s_per_sample"))]]
+                             [["CFG alone", *(f(base[k], k, method="cfg") for k in ("acc_type", "acc_size", "acc_both", "fd", "gt_artifact_rate", "s_per_sample"))]]
                              + [[f"CFG + TAG omega0 {format_value(r['cell']['setting']['omega0'])}",
-                                 *(f(r["metrics"][k], k) for k in ("acc_type", "acc_size", "acc_both", "fd", "gt_artifact_rate", "s_per_sample"))]
+                                 *(f(r["metrics"][k], k, method="cfg+tag") for k in ("acc_type", "acc_size", "acc_both", "fd", "gt_artifact_rate", "s_per_sample"))]
                                 for r in ct]), ""]
     a = one.get("asced")
     base_a = next((r["metrics"] for r in cfg if r["cell"]["setting"]["scale"] == ASCED_SCALE), None)
     if a:
         L += [f"## ASCED on the latent model (CFG s = {format_value(ASCED_SCALE)})", "",
               markdown_table(["run", "GT artifact rate", "FD", "acc both", "flagged", "corrected", "GT rate flagged / unflagged", "s/sample"],
-                             ([["CFG alone", f(base_a["gt_artifact_rate"], "gt_artifact_rate"), f(base_a["fd"], "fd"), f(base_a["acc_both"], "acc_both"),
+                             ([["CFG alone", f(base_a["gt_artifact_rate"], "gt_artifact_rate", method="cfg"), f(base_a["fd"], "fd", method="cfg"),
+                                f(base_a["acc_both"], "acc_both", method="cfg"),
                                 "-", "-", "-", f(base_a["s_per_sample"], "s_per_sample")]] if base_a else [])
-                             + [["CFG + ASCED (latent x0_hat)", f(a["gt_artifact_rate"], "gt_artifact_rate"), f(a["fd"], "fd"), f(a["acc_both"], "acc_both"),
-                                 f(a["flagged_share"], "flagged_share"), f(a["corrected_share"], "corrected_share"),
+                             + [["CFG + ASCED (latent x0_hat)", f(a["gt_artifact_rate"], "gt_artifact_rate", method="asced"), f(a["fd"], "fd", method="asced"),
+                                 f(a["acc_both"], "acc_both", method="asced"), f(a["flagged_share"], "flagged_share", method="asced"),
+                                 f(a["corrected_share"], "corrected_share", method="asced"),
                                  f"{format_value(a['gt_rate_flagged'], decimals=3)} / {format_value(a['gt_rate_unflagged'], decimals=3)}",
                                  f(a["s_per_sample"], "s_per_sample")]]), "",
               f"Watching the decoded x0_hat instead: {a['decoder_calls_watch']} decoder calls per batch (one per step of the detection "
@@ -298,7 +300,7 @@ def write_latent_report(records: list[dict], results_dir, command: str, run_dir)
               f"{format_value(100 * a['decoder_s_per_sample_watch'] / a['s_per_sample'], decimals=1)} % of the run with ASCED on the latent x0_hat "
               f"({format_value(a['s_per_sample'], decimals=3)} s/sample; the run with the decoding took {format_value(a['s_per_sample_decoded_watch'], decimals=3)}, "
               f"wall times on a shared machine). What a detector on decoded images would find was not measured: the plugin has no such mode.", ""]
-    L += ["## Which of the papers' latent-model claims hold at this scale", "", *_claims(one, cfg, ct, base, a, base_a, by["asced"][0]["cell"]["setting"]["n"] if "asced" in by else None), "", fm.note(), ""]
+    L += ["## Which of the papers' latent-model claims hold at this scale", "", *_claims(one, cfg, ct, base, a, base_a, by["asced"][0]["cell"]["setting"]["n"] if "asced" in by else None, fm), "", fm.note(), ""]
     path = Path(results_dir) / "latent.md"
     write_text_atomic(path, "\n".join(L))
     return path
@@ -328,21 +330,23 @@ def _time_predictor_section() -> list[str]:
             "--batch-size 128 --widths 8 16 32 64 --threads 1", "```", ""]
 
 
-def _claims(one, cfg, ct, base, a, base_a, n_a=None) -> list[str]:
-    """Plain statements computed from the numbers (never written by hand, so they follow the data)."""
+def _claims(one, cfg, ct, base, a, base_a, n_a=None, fm: MetricFormat | None = None) -> list[str]:
+    """Plain statements computed from the numbers (never written by hand, so they follow the data); each quality number
+    printed through the page's ``fm`` (the digits its rounding spread supports)."""
+    fm = fm or MetricFormat("latent")
     out = []
     if cfg:
         acc = {r["cell"]["setting"]["scale"]: r["metrics"] for r in cfg}
         hi = max(acc)
         above = [s for s in acc if s > 1]
         line = (f"- Classifier-free guidance raises fidelity to the prompt at a cost in sample quality (Ho & Salimans). Attribute accuracy "
-                f"(both) {format_value(acc[min(acc)]['acc_both'], decimals=3)} at s = {format_value(min(acc))} (the unconditional model)")
+                f"(both) {fm(acc[min(acc)]['acc_both'], 'acc_both', 'cfg', decimals=3)} at s = {format_value(min(acc))} (the unconditional model)")
         if 1.0 in acc and above:
             one_ = acc[1.0]
             best_above = max(acc[s]["acc_both"] for s in above)
-            line += (f", {format_value(one_['acc_both'], decimals=3)} at s = 1 (the conditional model), at most {format_value(best_above, decimals=3)} "
-                     f"above 1; FD {format_value(one_['fd'], decimals=2)} at s = 1 and {format_value(acc[hi]['fd'], decimals=2)} at s = {format_value(hi)}, "
-                     f"ground-truth artifact rate {format_value(one_['gt_artifact_rate'], decimals=3)} and {format_value(acc[hi]['gt_artifact_rate'], decimals=3)}. ")
+            line += (f", {fm(one_['acc_both'], 'acc_both', 'cfg', decimals=3)} at s = 1 (the conditional model), at most {fm(best_above, 'acc_both', 'cfg', decimals=3)} "
+                     f"above 1; FD {fm(one_['fd'], 'fd', 'cfg', decimals=2)} at s = 1 and {fm(acc[hi]['fd'], 'fd', 'cfg', decimals=2)} at s = {format_value(hi)}, "
+                     f"ground-truth artifact rate {fm(one_['gt_artifact_rate'], 'gt_artifact_rate', 'cfg', decimals=3)} and {fm(acc[hi]['gt_artifact_rate'], 'gt_artifact_rate', 'cfg', decimals=3)}. ")
             cost = acc[hi]["fd"] > one_["fd"]
             gain = best_above > one_["acc_both"] + 0.005
             line += ("The cost holds" if cost else "The cost does not show") + "; " + (
@@ -354,24 +358,24 @@ def _claims(one, cfg, ct, base, a, base_a, n_a=None) -> list[str]:
         verdict = ("holds (better PSNR and FD)" if d["psnr"] > p["psnr"] and d["fd"] < p["fd"] else
                    "does not hold (worse PSNR and FD)" if d["psnr"] < p["psnr"] and d["fd"] > p["fd"] else "is mixed")
         out.append(f"- DSG beats DPS with the loss through a latent decoder (the paper's Stable Diffusion experiments are non-linear "
-                   f"guidance; here a linear measurement through the decoder): PSNR {format_value(d['psnr'], decimals=2)} vs "
-                   f"{format_value(p['psnr'], decimals=2)}, FD {format_value(d['fd'], decimals=2)} vs {format_value(p['fd'], decimals=2)}: {verdict}.")
+                   f"guidance; here a linear measurement through the decoder): PSNR {fm(d['psnr'], 'psnr', 'sr-dsg', decimals=2)} vs "
+                   f"{fm(p['psnr'], 'psnr', 'sr-dps', decimals=2)}, FD {fm(d['fd'], 'fd', 'sr-dsg', decimals=2)} vs {fm(p['fd'], 'fd', 'sr-dps', decimals=2)}: {verdict}.")
     if "label-dps" in one and "label-dsg" in one:
         d, p = one["label-dsg"], one["label-dps"]
-        out.append(f"- Classifier guidance through the decoder: DSG type accuracy {format_value(d['acc_type'], decimals=3)} (FD "
-                   f"{format_value(d['fd'], decimals=2)}) vs DPS {format_value(p['acc_type'], decimals=3)} (FD {format_value(p['fd'], decimals=2)}): "
+        out.append(f"- Classifier guidance through the decoder: DSG type accuracy {fm(d['acc_type'], 'acc_type', 'label-dsg', decimals=3)} (FD "
+                   f"{fm(d['fd'], 'fd', 'label-dsg', decimals=2)}) vs DPS {fm(p['acc_type'], 'acc_type', 'label-dps', decimals=3)} (FD {fm(p['fd'], 'fd', 'label-dps', decimals=2)}): "
                    + ("DSG better on both." if d["acc_type"] >= p["acc_type"] and d["fd"] <= p["fd"] else
                       "DSG worse on both." if d["acc_type"] <= p["acc_type"] and d["fd"] >= p["fd"] else "mixed."))
     if "sr-dsg-tt2" in one and "sr-dsg" in one:
         t, d = one["sr-dsg-tt2"], one["sr-dsg"]
         out.append(f"- Time travel (r = 2) improves guided sampling (FreeDoM; DSG's style guidance uses it): PSNR "
-                   f"{format_value(t['psnr'], decimals=2)} vs {format_value(d['psnr'], decimals=2)}, FD {format_value(t['fd'], decimals=2)} vs "
-                   f"{format_value(d['fd'], decimals=2)}, at {format_value(t['s_per_sample'] / d['s_per_sample'], decimals=2)}x the time: "
+                   f"{fm(t['psnr'], 'psnr', 'sr-dsg-tt2', decimals=2)} vs {fm(d['psnr'], 'psnr', 'sr-dsg', decimals=2)}, FD {fm(t['fd'], 'fd', 'sr-dsg-tt2', decimals=2)} vs "
+                   f"{fm(d['fd'], 'fd', 'sr-dsg', decimals=2)}, at {format_value(t['s_per_sample'] / d['s_per_sample'], decimals=2)}x the time: "
                    + ("holds." if t["psnr"] > d["psnr"] and t["fd"] < d["fd"] else "does not hold." if t["psnr"] < d["psnr"] and t["fd"] > d["fd"] else "mixed."))
     if "sr-dps+tag" in one and "sr-dps" in one:
         t, p = one["sr-dps+tag"], one["sr-dps"]
-        out.append(f"- TAG with a time predictor trained on latents improves DPS: PSNR {format_value(t['psnr'], decimals=2)} vs "
-                   f"{format_value(p['psnr'], decimals=2)}, FD {format_value(t['fd'], decimals=2)} vs {format_value(p['fd'], decimals=2)}: "
+        out.append(f"- TAG with a time predictor trained on latents improves DPS: PSNR {fm(t['psnr'], 'psnr', 'sr-dps+tag', decimals=2)} vs "
+                   f"{fm(p['psnr'], 'psnr', 'sr-dps', decimals=2)}, FD {fm(t['fd'], 'fd', 'sr-dps+tag', decimals=2)} vs {fm(p['fd'], 'fd', 'sr-dps', decimals=2)}: "
                    + ("holds." if t["psnr"] > p["psnr"] and t["fd"] < p["fd"] else "does not hold." if t["psnr"] < p["psnr"] and t["fd"] > p["fd"] else "mixed."))
     if ct and base:
         parts, held = [], []
@@ -379,17 +383,17 @@ def _claims(one, cfg, ct, base, a, base_a, n_a=None) -> list[str]:
             w, m = r["cell"]["setting"]["omega0"], r["metrics"]
             ok = m["fd"] < base["fd"] and m["acc_both"] >= base["acc_both"] - 0.02
             held.append(ok)
-            parts.append(f"omega0 {format_value(w)}: FD {format_value(m['fd'], decimals=2)}, accuracy (both) {format_value(m['acc_both'], decimals=3)}"
+            parts.append(f"omega0 {format_value(w)}: FD {fm(m['fd'], 'fd', 'cfg+tag', decimals=2)}, accuracy (both) {fm(m['acc_both'], 'acc_both', 'cfg+tag', decimals=3)}"
                          f" ({'holds' if ok else 'does not hold'})")
         out.append(f"- TAG on top of CFG (the paper's text-to-image setting) lowers FD at unchanged prompt accuracy; CFG s = "
-                   f"{format_value(CFG_TAG_SCALE)} alone: FD {format_value(base['fd'], decimals=2)}, accuracy {format_value(base['acc_both'], decimals=3)}; "
+                   f"{format_value(CFG_TAG_SCALE)} alone: FD {fm(base['fd'], 'fd', 'cfg', decimals=2)}, accuracy {fm(base['acc_both'], 'acc_both', 'cfg', decimals=3)}; "
                    + "; ".join(parts) + ". " + ("Holds at every omega0 tried." if all(held) else
                                                 "Holds only at some omega0, and omega0 was not chosen on validation here: not established."
                                                 if any(held) else "Does not hold."))
     if a and base_a and a["flagged_share"] == 0:
         out.append(f"- ASCED reduces artifacts of latent samples (the paper corrects Stable Diffusion samples): cannot be tested here, its "
                    f"detector, watching the latent x0_hat at its defaults for height 8, flagged no sample (ground-truth artifact rate "
-                   f"{format_value(a['gt_artifact_rate'], decimals=3)} with it vs {format_value(base_a['gt_artifact_rate'], decimals=3)} without: "
+                   f"{fm(a['gt_artifact_rate'], 'gt_artifact_rate', 'asced', decimals=3)} with it vs {fm(base_a['gt_artifact_rate'], 'gt_artifact_rate', 'cfg', decimals=3)} without: "
                    f"the two differ because ASCED takes its correction step with eta_c = 0 for the whole batch, docs/methods/asced.md#D12). "
                    f"Its thresholds are in pixel units (127.5 per unit of x0_hat), which latents do not share.")
     elif a and base_a:
@@ -397,10 +401,10 @@ def _claims(one, cfg, ct, base, a, base_a, n_a=None) -> list[str]:
         verdict = ("no measurable effect at this sample count" if abs(k_with - k_without) <= 2 else
                    "holds" if k_with < k_without else "does not hold (more artifacts with ASCED)")
         out.append(f"- ASCED reduces artifacts of latent samples (the paper corrects Stable Diffusion samples in pixel-space masks): ground-truth "
-                   f"artifact rate {format_value(a['gt_artifact_rate'], decimals=3)} with ASCED ({k_with} of {n_a}) vs "
-                   f"{format_value(base_a['gt_artifact_rate'], decimals=3)} without ({k_without}), {format_value(a['flagged_share'], decimals=3)} of the "
-                   f"samples flagged on the latent x0_hat (artifact rate {format_value(a['gt_rate_flagged'], decimals=3)} among the flagged, "
-                   f"{format_value(a['gt_rate_unflagged'], decimals=3)} among the others): {verdict}.")
+                   f"artifact rate {fm(a['gt_artifact_rate'], 'gt_artifact_rate', 'asced', decimals=3)} with ASCED ({k_with} of {n_a}) vs "
+                   f"{fm(base_a['gt_artifact_rate'], 'gt_artifact_rate', 'cfg', decimals=3)} without ({k_without}), {fm(a['flagged_share'], 'flagged_share', 'asced', decimals=3)} of the "
+                   f"samples flagged on the latent x0_hat (artifact rate {fm(a['gt_rate_flagged'], 'gt_rate_flagged', 'asced', decimals=3)} among the flagged, "
+                   f"{fm(a['gt_rate_unflagged'], 'gt_rate_unflagged', 'asced', decimals=3)} among the others): {verdict}.")
     out.append("- Scale: one 0.79 M latent UNet on 4x8x8 latents, 64 (guidance) to 144 (CFG, TAG on CFG, ASCED) samples per cell and one seed set; no confidence intervals, "
                "so differences of a few percent are not established. FD depends on the sample count (64 vs 144) and on what is sampled "
                "(prompted vs unconditional): compare FDs within one table only.")

@@ -56,7 +56,7 @@ def test_dsg_page(tmp_path):
     assert "| 100 | 1 | 20.12 | 21.35 | 0.812 | 0.85 | 3.46 | 2.5 | 0.9 | 0.95 | 0.0123 | 0.011 | 1 / 0.2 |" in page
     assert "| 1000 | 0.3 | 22 | - | 0.9 | - | 2 | - | 0.97 | - | 0.5 | - | 5 / 0.2 |" in page
     assert "| label-dps | zeta=3.0 | 0.8 | 5.25 | 0.02 |" in page
-    assert "DSG has the lower (or equal) FD in 1 of 1" in page
+    assert "DSG has the better FD in 1, the worse in 0, within the rounding spread in 0" in page  # spreads off here: no margin
     assert "target <= 1.05" in page  # the project's target, from onmanifold_bench.paper_numbers
 
 
