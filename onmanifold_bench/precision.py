@@ -65,14 +65,15 @@ class ScaledEps(torch.nn.Module):
     """``model(x, t, cond) * scale``: a diffusion model whose eps is perturbed by a relative ``scale - 1``.
 
     Every other attribute is the wrapped model's (a latent model's ``decode``/``encode``/``encode_prompt``, its
-    ``data_range``, ``prediction_type``...), so any model a suite loads, pixel or latent, runs perturbed unchanged.
-    A model that also predicts a learned variance (``full_prediction``) is refused: its eps would leave unscaled.
+    ``data_range``, ``prediction_type``...), so any model a suite loads, pixel or latent, runs perturbed unchanged;
+    except ``full_prediction``, which is hidden so that the sampler takes every eps through the scaled call (the
+    sampler needs it only at ``abar_t = 0`` and for a learned variance). A learned-variance model is refused.
     """
 
     def __init__(self, model, scale: float) -> None:
         super().__init__()
-        if hasattr(model, "full_prediction"):
-            raise ValueError("model: a model with full_prediction (learned variance) cannot be perturbed by ScaledEps")
+        if getattr(model, "learned_variance", False):
+            raise ValueError("model: a learned-variance model cannot be perturbed by ScaledEps (its variance comes from full_prediction)")
         self.inner = model
         self.scale = float(scale)
 
@@ -83,7 +84,7 @@ class ScaledEps(torch.nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "inner":
+            if name in ("inner", "full_prediction"):
                 raise
             return getattr(self.inner, name)
 

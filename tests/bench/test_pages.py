@@ -205,7 +205,8 @@ def test_measure_spread_takes_no_cell_filter(tmp_path, capsys):
 def test_the_eps_perturbation_reaches_latent_models_and_keeps_their_parts():
     """The spread conditions perturb eps by 1 +- 1e-6 through :class:`ScaledEps`, which keeps every other part of the model
     (a latent model's decode, encode and encode_prompt, its data range): the latent suite runs perturbed, and the
-    perturbation is exactly the model's eps times the scale. A learned-variance model is refused (its eps would escape)."""
+    perturbation is exactly the model's eps times the scale; full_prediction is hidden, so no eps escapes the scale.
+    A learned-variance model is refused."""
     import dataclasses
 
     import torch
@@ -226,11 +227,13 @@ def test_the_eps_perturbation_reaches_latent_models_and_keeps_their_parts():
     assert not isinstance(models.diffusion_model("shapes-latent").model, ScaledEps)  # restored after the condition
     assert model_module.load_diffusion_model.__name__ == "load_diffusion_model"
 
-    class LearnedVariance(torch.nn.Module):
-        def full_prediction(self, x, t, cond=None):
-            return x, x
+    digits = models.diffusion_model("digits-unet").model
+    assert hasattr(digits, "full_prediction") and not hasattr(ScaledEps(digits, 1.0), "full_prediction")  # every eps through the scale
 
-    with pytest.raises(ValueError, match=r"^model: a model with full_prediction"):
+    class LearnedVariance(torch.nn.Module):
+        learned_variance = True
+
+    with pytest.raises(ValueError, match=r"^model: a learned-variance model"):
         ScaledEps(LearnedVariance(), 1.0)
 
 
