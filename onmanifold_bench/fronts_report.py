@@ -7,12 +7,24 @@ from pathlib import Path
 
 from onmanifold.nets.checkpoint import write_text_atomic
 
-from .tables import MetricFormat, format_value, markdown_table
+from .tables import MetricFormat, decimals_for, format_value, markdown_table
 
 __all__ = ["write_fronts_report", "fronts_figure"]
 
-def _interval(ci) -> str:
-    return f"[{format_value(ci[0])}, {format_value(ci[1])}]"
+def _area_text(x: dict, fm: MetricFormat):
+    """A formatter of ``x``'s area and its interval bounds: an area integrates the FD gap over the accuracy range, so it
+    holds the decimals of the two methods' FD rounding spreads summed, times the range's width."""
+    margin = sum(fm.spread("fd", m) or 0.0 for m in (x["a"], x["b"])) * (x["acc_hi"] - x["acc_lo"])
+
+    def show(v):
+        d = decimals_for(v, margin) if margin > 0 else None
+        return format_value(v) if d is None else format_value(v, decimals=d)
+
+    return show
+
+
+def _interval(ci, show=format_value) -> str:
+    return f"[{show(ci[0])}, {show(ci[1])}]"
 
 
 def fronts_figure(bed: str, analysis: dict, path: Path) -> str:
@@ -47,7 +59,7 @@ def fronts_figure(bed: str, analysis: dict, path: Path) -> str:
     return caption
 
 
-def _claims(bed: str, a: dict) -> list[str]:
+def _claims(bed: str, a: dict, fm: MetricFormat) -> list[str]:
     areas = {(x["a"], x["b"]): x for x in a["areas"] if x.get("area") is not None}
 
     def verdict(pair: tuple[str, str]) -> str:
@@ -55,7 +67,12 @@ def _claims(bed: str, a: dict) -> list[str]:
         if x is None:
             return "not measurable (the two fronts share no accuracy range)"
         lo, hi = x["ci"]
-        where = f"area {format_value(x['area'])} {_interval(x['ci'])} over accuracy {x['acc_lo']:.3f}-{x['acc_hi']:.3f}"
+        show = _area_text(x, fm)
+        where = f"area {show(x['area'])} {_interval(x['ci'], show)} over accuracy {x['acc_lo']:.3f}-{x['acc_hi']:.3f}"
+        margin = sum(fm.spread("fd", m) or 0.0 for m in pair)  # the FD two runs on two machines can differ by, per point
+        if x.get("mean_gap") is not None and abs(x["mean_gap"]) <= margin:
+            return (f"not established: the mean FD gap {fm.difference(x['mean_gap'], 'fd', *pair)} is within the two methods' rounding spread "
+                    f"of FD ({format_value(margin, 2)}, docs/results/precision.md) ({where})")
         if hi < 0:
             return f"yes: {pair[0]}'s front lies below ({where})"
         if lo > 0:
@@ -63,7 +80,10 @@ def _claims(bed: str, a: dict) -> list[str]:
         return f"not established: the interval contains 0 ({where})"
 
     tag = sorted((d for d in a["diffs"] if d["method"] == "dps+tag"), key=lambda d: d["strength"])
-    gains = ", ".join(f"zeta {d['strength']:g}: {format_value(d['d_fd'])} {_interval(d['d_fd_ci'])}" for d in tag)
+    def gap(v):  # an FD difference of DPS+TAG against DPS, to the digits their spreads support
+        return fm.difference(v, "fd", "dps+tag", "dps")
+
+    gains = ", ".join(f"zeta {d['strength']:g}: {gap(d['d_fd'])} {_interval(d['d_fd_ci'], gap)}" for d in tag)
     L = [f"- Does DSG reach a given accuracy at lower FD than DPS? {verdict(('dsg', 'dps'))}.",
          f"- Does TAG (pre) move DPS's front? {verdict(('dps+tag', 'dps'))}. Inline: {verdict(('dps+tag-inline', 'dps'))}.",
          f"- Is TAG's gain largest where guidance is strongest? FD(DPS+TAG) - FD(DPS) per strength: {gains or 'no points'}."]
@@ -71,7 +91,7 @@ def _claims(bed: str, a: dict) -> list[str]:
         strongest = tag[-1]
         best = min(tag, key=lambda d: d["d_fd"])
         L.append(f"  The largest FD reduction is at zeta {best['strength']:g}; at the strongest zeta ({strongest['strength']:g}) the "
-                 f"difference is {format_value(strongest['d_fd'])} {_interval(strongest['d_fd_ci'])}"
+                 f"difference is {gap(strongest['d_fd'])} {_interval(strongest['d_fd_ci'], gap)}"
                  + (" (interval below 0)." if strongest["d_fd_ci"][1] < 0 else " (interval not below 0)."))
     L.append(f"- Does TAG beat Epsilon Scaling on the front? {verdict(('dps+tag', 'dps+es'))}. TCS? {verdict(('dps+tag', 'dps+tcs'))}.")
     return L
@@ -99,7 +119,7 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
         caption = fronts_figure(bed, a, results_dir / "figures" / f"fronts_{bed}.png")
         L += [f"![{bed} fronts](figures/fronts_{bed}.png)", "", f"*Figure: {caption}*", ""]
         ratio = a["max_dps_fd_ratio"]
-        L += [f"Unguided FD {format_value(a['unguided_fd'])}; the strongest DPS reaches {format_value(ratio)} x that"
+        L += [f"Unguided FD {fm(a['unguided_fd'], 'fd', 'none')}; the strongest DPS reaches {format_value(ratio)} x that"
               + (" (the 5x target of the sweep is reached)." if ratio is not None and ratio >= 5 else " (below the 5x the sweep aims for: the grid did not break fidelity that far)."), ""]
         pts = sorted(a["points"], key=lambda p: (p["method"] != "none", p["method"], p["strength"]))
         L += ["### Points", "", markdown_table(["method", "strength", "knob (chosen on validation)", "accuracy", "FD", "time gap", "dominated"],
@@ -109,15 +129,18 @@ def write_fronts_report(records: list[dict], results_dir, command: str, run_dir,
         L += ["### Area between fronts", "", f"area(A, B) < 0: A reaches the same accuracy at lower FD. 95 % paired bootstrap intervals "
               f"({a['reps']} replicates).", "",
               markdown_table(["A", "B", "area", "95 % interval", "accuracy range", "mean FD gap"],
-                             [[x["a"], x["b"], format_value(x.get("area")), _interval(x["ci"]) if x.get("area") is not None else "-",
+                             [[x["a"], x["b"], _area_text(x, fm)(x["area"]) if x.get("area") is not None else "-",
+                               _interval(x["ci"], _area_text(x, fm)) if x.get("area") is not None else "-",
                                f"{x['acc_lo']:.3f}-{x['acc_hi']:.3f}" if x.get("area") is not None else "no overlap",
-                               format_value(x.get("mean_gap"))] for x in a["areas"]]), ""]
+                               fm.difference(x.get("mean_gap"), "fd", x["a"], x["b"])] for x in a["areas"]]), ""]
         diffs = sorted(a["diffs"], key=lambda d: (d["method"], d["strength"]))
         L += ["### Each correction against its guidance at the same strength", "",
               markdown_table(["method", "strength", "accuracy diff", "95 % interval", "FD diff", "95 % interval"],
-                             [[d["method"], f"{d['strength']:g}", f"{d['d_acc']:+.3f}", _interval(d["d_acc_ci"]), format_value(d["d_fd"]),
-                               _interval(d["d_fd_ci"])] for d in diffs]), ""]
-        L += ["### The claims, from the fronts", "", *_claims(bed, a), ""]
+                             [[d["method"], f"{d['strength']:g}", fm.difference(d["d_acc"], "acc", d["method"], d["method"].split("+")[0]),
+                               _interval(d["d_acc_ci"], lambda v, m=d["method"]: fm.difference(v, "acc", m, m.split("+")[0])),
+                               fm.difference(d["d_fd"], "fd", d["method"], d["method"].split("+")[0]),
+                               _interval(d["d_fd_ci"], lambda v, m=d["method"]: fm.difference(v, "fd", m, m.split("+")[0]))] for d in diffs]), ""]
+        L += ["### The claims, from the fronts", "", *_claims(bed, a, fm), ""]
     L += [fm.note(), ""]
     path = results_dir / "fronts.md"
     write_text_atomic(path, "\n".join(L))
