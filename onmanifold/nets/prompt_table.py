@@ -70,12 +70,13 @@ class PromptTable(nn.Module):
         labels = torch.as_tensor(labels)
         if labels.dim() != 2 or labels.shape[1] != self.num_slots or labels.is_floating_point():
             raise ValueError(f"labels: expected an integer tensor (B, {self.num_slots}), got {tuple(labels.shape)} {labels.dtype}")
-        sizes = torch.tensor([len(s) for s in self.slots])
+        sizes = torch.tensor([len(s) for s in self.slots], device=labels.device)
         if ((labels < -1) | (labels >= sizes[None])).any():
             raise ValueError(f"labels: expected values in [-1, slot size) for slot sizes {sizes.tolist()}")
-        rows = labels.clamp(min=0) + torch.tensor(self._slot_offset)[None]
+        device = self.embeddings.device  # the labels (from prompts: on the CPU) index the table where it is
+        rows = (labels.clamp(min=0) + torch.tensor(self._slot_offset, device=labels.device)[None]).to(device)
         out = self.embeddings[rows]  # (B, S, D)
-        return out * (labels >= 0).unsqueeze(-1).to(out.dtype)
+        return out * (labels >= 0).unsqueeze(-1).to(device=device, dtype=out.dtype)
 
     def labels_of(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """``(B, num_slots)`` slot labels of prompts such as ``"circle large"`` (``-1`` for an unnamed slot)."""
