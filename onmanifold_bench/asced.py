@@ -39,7 +39,7 @@ from onmanifold.random import generator_for
 from onmanifold.io import load_tensors, save_tensors_atomic
 from onmanifold.testbeds import get_testbed
 
-from .models import diffusion_model
+from .models import diffusion_model, on_cpu
 from .paper_numbers import ASCED as PAPER
 from .paper_numbers import TARGETS
 from .runner import Cell, Suite, finished_records
@@ -119,11 +119,32 @@ def method_plugins(method: str, bed: str, tc_frac: float = 0.48, variant: str | 
 
 
 def run_method(loaded, bed: str, method: str, n: int, first_index: int, **kw):
-    """Sample ``n`` images (seeds ``first_index ..``) with a method; returns ``(x, detector, corrector, monitor, seconds)``."""
+    """Sample ``n`` images (seeds ``first_index ..``) with a method on the model's device; returns ``(x, detector, corrector,
+    monitor, seconds)``, ``x`` on the CPU (the plugins keep their results on the run's device: :func:`_results`)."""
     plugins, det, corr, monitor = method_plugins(method, bed, first_index=first_index, **kw)
-    x, sec = timed(_sampler(loaded).sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED, first_index=first_index,
-                   plugins=plugins)
+
+    def run():
+        return on_cpu(_sampler(loaded).sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=SEED, first_index=first_index,
+                                              plugins=plugins))
+
+    x, sec = timed(run)
     return x, det, corr, monitor, sec
+
+
+def _results(bed: str, method: str, det, corr, monitor, correction_dilation: int) -> dict:
+    """What a cell keeps of its plugins' results (detector masks, flags, z-map, the monitor's flag fractions and maps,
+    the corrected flags), brought to the CPU in one transfer, where the metrics and the artifact files are."""
+    out: dict = {}
+    if det is not None:
+        res = det.results()
+        out.update(mask=res.mask, correction_mask=res.dilated(correction_dilation), flagged=res.flagged)
+        if method == "original":
+            out.update(z=res.z_map.half(), union=res.union, f=monitor.flag_fraction, f_filtered=monitor.flag_fraction_filtered)
+            if bed == "shapes":
+                out["flag_maps"] = monitor.flag_maps
+    if corr is not None:
+        out["corrected"] = corr.corrected
+    return on_cpu(out)
 
 
 # ------------------------------------------------------------------------------------------ the suite
@@ -197,6 +218,8 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
         if m == "oracle-ttc":
             kw["oracle_masks"] = load_art("original", cell.shard, bed=bed, tc_frac=0.48, n=n)["gt_mask"]
         x, det, corr, monitor, sec = run_method(loaded(f"{bed}-unet"), bed, m, n, first, **kw)
+        results = _results(bed, m, det, corr, monitor, config_for(bed, s["tc_frac"], s.get("variant"))[1].dilation)
+        flag_maps = results.pop("flag_maps", None)
         art: dict = {"x": x, "first_index": first}
         out: dict = {"n": n, "seconds": sec, "s_per_sample": per_sample(sec, n)}
         if bed == "shapes":
@@ -205,17 +228,13 @@ def asced_suite(quick: bool = False, run_dir: str | Path = "runs/asced") -> Suit
             g, has = gt_artifact_mask(x)
             art["gt_mask"], art["gt_has"] = g, has
             out["gt_rate"] = float(has.float().mean())
+        art.update(results)
         if det is not None:
-            res = det.results()
-            art.update(mask=res.mask, correction_mask=res.dilated(config_for(bed, **kw)[1].dilation), flagged=res.flagged)
-            out["flagged_rate"] = float(res.flagged.float().mean())
-            if m == "original":
-                art.update(z=res.z_map.half(), union=res.union, f=monitor.flag_fraction, f_filtered=monitor.flag_fraction_filtered)
-                if bed == "shapes":
-                    out["curves"] = _gt_curves(monitor.flag_maps, art["gt_mask"], art["gt_has"])
+            out["flagged_rate"] = float(art["flagged"].float().mean())
+            if flag_maps is not None:
+                out["curves"] = _gt_curves(flag_maps, art["gt_mask"], art["gt_has"])
         if corr is not None:
-            art["corrected"] = corr.corrected
-            out["corrected_rate"] = float(corr.corrected.float().mean())
+            out["corrected_rate"] = float(art["corrected"].float().mean())
         save_tensors_atomic(artifact_of(cell), art)
         return out
 
@@ -918,7 +937,7 @@ def asced_demo_rows(n: int, seed: int) -> list[dict]:
         plugins, det, _, _ = method_plugins(method, "shapes")
         if method == "original":
             plugins = []  # plain DDIM, no observer
-        x, sec = timed(_sampler(loaded).sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins)
+        x, sec = timed(lambda: on_cpu(_sampler(loaded).sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins)))
         _, has = gt_artifact_mask(x)
         row = {"method": "DDIM-25" if method == "original" else "DDIM-25 + ASCED", "n": n, "GT artifact rate": float(has.float().mean()),
                "s/sample": per_sample(sec, n)}

@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .dsg import inverse_problem
-from .models import diffusion_model, time_predictor
+from .models import diffusion_model, on_cpu, time_predictor
 from .runner import Cell, Suite, finished_records
 from .tables import MetricFormat, format_value, markdown_table
 from .timing import per_sample, timed
@@ -63,8 +63,12 @@ def compose_run(method: str, n: int, split: str = "test", zeta: float = 3.0, g_r
         plugins.append(TemporalAlignmentGuidance(time_predictor("shapes-time"), omega0))
     plugins.append(DiffusionPosteriorSampling(loss, zeta) if parts[0] == "dps" else SphericalGaussianGuidance(loss, g_r, 1))
     sampler = DDIMSampler(loaded.schedule, steps, eta=1.0)
-    x, sec = timed(sampler.sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=100 + seed if split == "val" else seed,
-                   plugins=plugins, batch_size=128)
+
+    def run():  # on the model's device; the samples back on the CPU, where the metrics run
+        return on_cpu(sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=100 + seed if split == "val" else seed,
+                                     plugins=plugins, batch_size=128))
+
+    x, sec = timed(run)
     if samples_out is not None:
         samples_out.update(x=x, truth=truth)
     _, has = gt_artifact_mask(x)

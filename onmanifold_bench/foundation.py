@@ -8,7 +8,7 @@ import torch
 
 from onmanifold.nets.checkpoint import read_metadata
 
-from .models import diffusion_model
+from .models import diffusion_model, on_cpu
 from .paper_numbers import TARGETS
 from .runner import Cell, Suite
 from .timing import alternating, timed
@@ -45,7 +45,7 @@ def models_suite(quick: bool = False, run_dir=None) -> Suite:
             loaded = diffusion_model(cell.method)
             bed = bed_of_model(cell.method)
             sampler = sampler_for(loaded, min(50, loaded.schedule.T), eta=0.0)
-            x = sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=cell.setting["n"], seed=1000, batch_size=500)
+            x = on_cpu(sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=cell.setting["n"], seed=1000, batch_size=500))
             q = quality(bed, x)
             floor = quality(bed, reference_set(bed, "train"))
             out.update(q)

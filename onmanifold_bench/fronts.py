@@ -39,7 +39,7 @@ from onmanifold.testbeds import get_testbed
 
 from .fronts_analysis import analyse_bed
 from .fronts_report import write_fronts_report
-from .models import diffusion_model, time_predictor
+from .models import diffusion_model, guidance_classifier, time_predictor
 from .runner import Cell, Suite, finished_records
 from .tag import LABEL_KNOBS, SHAPE_PAIRS, _sample, label_guidance_plugins
 from .timing import per_sample
@@ -183,17 +183,19 @@ def reference_features(bed: str, n: int) -> torch.Tensor:
 
 @lru_cache(maxsize=4)
 def _data_variance(bed: str) -> float:
-    """The training images' variance (Time-Shift's schedule matching), once per process."""
+    """The training images' variance (Time-Shift's schedule matching), once per process: the bed's ``floor`` split, its
+    training data (digits: the train split itself; shapes, whose training stream has no fixed split: 2000 shapes drawn
+    from the training distribution)."""
     from onmanifold.temporal import image_variance
 
-    return image_variance(get_testbed(bed).images("train")[0])
+    return image_variance(get_testbed(bed).images("floor")[0])
 
 
 def _front_point(bed: str, method: str, strength: float, value, n: int, split: str, samples_file: Path | None) -> dict:
     """Sample ``n`` guided samples of one point and score them; the test split keeps per-sample data for the bootstrap."""
     from onmanifold import metrics
     from onmanifold.artifacts import AbnormalScoreCorrection, CorrectionConfig, DetectorConfig
-    from onmanifold.evaluate import eval_classifier, guidance_classifier
+    from onmanifold.evaluate import eval_classifier
     from onmanifold.guidance import DiffusionPosteriorSampling, SphericalGaussianGuidance
     from onmanifold.losses import ClassifierLoss, SumOfLosses
     from onmanifold.temporal import TimeGapRecorder
@@ -221,7 +223,7 @@ def _front_point(bed: str, method: str, strength: float, value, n: int, split: s
                                          {"dps": strength, "dsg": strength}, data_var)
     x, sec = _sample(diffusion_model(get_testbed(bed).model), [rec, *plugins], cfg["steps"], n,
                      seed=100 if split == "val" else 0, eta=1.0, batch_size=cfg["batch_size"])
-    x = x.clamp(-1, 1)
+    x = x.clamp(-1, 1)  # on the CPU (tag._sample), where the evaluation classifier and the metrics are
     ev = eval_classifier(bed)
     with torch.no_grad():
         logits = ev(x)
@@ -232,5 +234,5 @@ def _front_point(bed: str, method: str, strength: float, value, n: int, split: s
     feats = metrics.classifier_features(ev, x)
     fd = metrics.frechet_distance(feats, reference_features(bed, n))
     if samples_file is not None:
-        save_tensors_atomic(samples_file, {"correct": correct.cpu(), "features": feats.cpu().double()})
+        save_tensors_atomic(samples_file, {"correct": correct, "features": feats.double()})
     return {"acc": float(correct.float().mean()), "fd": fd, "tg": rec.mean(), "s_per_sample": per_sample(sec, n)}

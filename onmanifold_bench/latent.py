@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from .models import diffusion_model, eval_classifier, guidance_classifier, time_predictor
+from .models import diffusion_model, eval_classifier, guidance_classifier, on_cpu, time_predictor
 from .runner import Cell, Suite, finished_records
 from .tables import MetricFormat, format_value, markdown_table
 from .timing import per_sample, timed
@@ -128,7 +128,7 @@ def latent_run(kind: str, n: int, split: str = "test", scale: float | None = Non
         plugins.append(SphericalGaussianGuidance(loss, g_r, 1, time_travel=time_travel))
     z, sec = timed(loaded.sampler(STEPS, 1.0).sample, model, shape=loaded.sample_shape, num_samples=n, seed=seed, cond=cond, plugins=plugins)
     with torch.no_grad():
-        images = loaded.decode(z).clamp(-1, 1)
+        images = on_cpu(loaded.decode(z).clamp(-1, 1))  # decoded on the model's device; scored on the CPU
     out = {"s_per_sample": per_sample(sec, n)}
     if kind == "sr":
         out.update(psnr=float(metrics.psnr(images, truth).mean()), ssim=float(metrics.ssim(images, truth).mean()))
@@ -169,8 +169,7 @@ def asced_run(n: int) -> dict:
     _, _, sec_watch, decode_seconds = run(True)
     decodes = len(decode_seconds)
     with torch.no_grad():
-        images = loaded.decode(z).clamp(-1, 1)
-    flagged = asced.detector.results().flagged
+        images, flagged = on_cpu((loaded.decode(z).clamp(-1, 1), asced.detector.results().flagged))  # scored on the CPU
     has = gt_artifact_mask(images)[1]
     out = {"s_per_sample": per_sample(sec, n), "s_per_sample_decoded_watch": per_sample(sec_watch, n), "decoder_calls_watch": decodes,
            "decoder_s_per_sample_watch": per_sample(sum(decode_seconds), n),

@@ -35,8 +35,8 @@ import torch
 from onmanifold.io import save_tensors_atomic
 from onmanifold.testbeds import get_testbed
 
-from .models import diffusion_model, time_predictor
-from .runner import Cell, Suite, finished_records
+from .models import diffusion_model, guidance_classifier, on_cpu, time_predictor
+from .runner import Cell, Suite, cell_device, finished_records
 from .tag_report import write_tag_report
 from .timing import alternating, per_sample, timed
 
@@ -67,11 +67,17 @@ INDEPENDENT_DIGITS_PREDICTOR = "runs/digits-time-independent"
 
 # ------------------------------------------------------------------------------------------ helpers
 def _sample(loaded, plugins, steps, n, seed, eta=0.0, spacing="leading", batch_size=250):
+    """``(samples on the CPU, seconds)``: the run on the model's device (the cell's), the samples back where the metrics
+    run; the seconds include the transfer (on a GPU it waits for the run to finish)."""
     from onmanifold.sampler import DDIMSampler
 
     clamp = loaded.data_range is not None
     sampler = DDIMSampler(loaded.schedule, steps, eta=eta, spacing=spacing, clamp_x0=clamp)
-    return timed(sampler.sample, loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins, batch_size=batch_size)
+
+    def run():
+        return on_cpu(sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=seed, plugins=plugins, batch_size=batch_size))
+
+    return timed(run)
 
 
 def _quality(bed, x, full=True) -> dict:
@@ -192,16 +198,17 @@ def _tls_cosine(phi, loaded, n) -> dict:
     from onmanifold.model import GaussianMixtureModel
     from onmanifold.temporal import ExactTimePosterior, time_linked_score
 
-    exact = GaussianMixtureModel(GMM2D_MEANS, 1.0, loaded.schedule)
+    device = cell_device()  # where phi is: the points go there
+    exact = GaussianMixtureModel(GMM2D_MEANS, 1.0, loaded.schedule).to(device)
     oracle = ExactTimePosterior(exact)
     g = get_testbed("gmm2d").generator("tls-check")  # one stream for the points and their noise, t after t
     rows = []
     for t in range(0, 100, 10):
         x0 = sample_gmm2d(n, g)
-        xt = loaded.schedule.add_noise(x0, torch.full((n,), t), torch.randn(n, 2, generator=g))
+        xt = loaded.schedule.add_noise(x0, torch.full((n,), t), torch.randn(n, 2, generator=g)).to(device)
         a = time_linked_score(phi, xt, t).double()
         b = time_linked_score(oracle, xt.double(), t)
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+        cos = on_cpu(torch.nn.functional.cosine_similarity(a, b, dim=1))
         rows.append({"t": t, "cosine_mean": float(cos.mean()), "cosine_median": float(cos.median())})
     return {"rows": rows, "cosine_mean": sum(r["cosine_mean"] for r in rows) / len(rows)}
 
@@ -212,7 +219,7 @@ def _toy_cell(m, s, loaded, phi_learned, records, samples_out: dict | None = Non
     from onmanifold.model import GaussianMixtureModel
     from onmanifold.temporal import ExactTimePosterior, LinearDrift, TemporalAlignmentGuidance, TimeGapRecorder
 
-    exact = GaussianMixtureModel(GMM2D_MEANS, 1.0, loaded.schedule)
+    exact = GaussianMixtureModel(GMM2D_MEANS, 1.0, loaded.schedule).to(cell_device())  # beside the MLP and the learned predictor
     model = loaded.model if s["eps"] == "mlp" else exact
     phis = {"learned": phi_learned, "oracle": ExactTimePosterior(exact)}
     toy = type(loaded)(model=model, schedule=loaded.schedule, sample_shape=(2,), meta={}, data_range=None, name=s["eps"])
@@ -318,7 +325,7 @@ def label_guidance_plugins(method, value, loss, phi, chosen, data_var):
 
 def _label_cell(m, s, loaded, phi, records) -> dict:
     from onmanifold import metrics
-    from onmanifold.evaluate import eval_classifier, guidance_classifier
+    from onmanifold.evaluate import eval_classifier
     from onmanifold.losses import ClassifierLoss
     from onmanifold.temporal import TimeGapRecorder, image_variance
 
@@ -374,7 +381,7 @@ def _shape_reference(per_pair):
 
 def _shapes_cell(m, s, loaded, predictor, records) -> dict:
     from onmanifold import metrics
-    from onmanifold.evaluate import eval_classifier, guidance_classifier
+    from onmanifold.evaluate import eval_classifier
     from onmanifold.guidance import DiffusionPosteriorSampling
     from onmanifold.losses import ClassifierLoss, SumOfLosses
     from onmanifold.temporal import TemporalAlignmentGuidance
@@ -429,7 +436,6 @@ def _shapes_zeta(records) -> float:
 
 def _cost_cell(s, loaded, phi) -> dict:
     """TAG step / plain step, DPS+TAG step / DPS step, and the predictor's share, alternating in one process."""
-    from onmanifold.evaluate import guidance_classifier
     from onmanifold.guidance import DiffusionPosteriorSampling
     from onmanifold.losses import ClassifierLoss
     from onmanifold.temporal import TemporalAlignmentGuidance, time_linked_score
@@ -441,7 +447,7 @@ def _cost_cell(s, loaded, phi) -> dict:
         # the plugins are built per run, outside the timing
         return lambda: _sample(loaded, plugins(), steps, n, seed=0, eta=1.0, batch_size=n)[1]
 
-    x = torch.randn(n, *loaded.sample_shape)
+    x = torch.randn(n, *loaded.sample_shape).to(cell_device())  # where phi is
 
     def tls_time():
         return timed(lambda: [time_linked_score(phi, x, 500) for _ in range(steps)])[1]
