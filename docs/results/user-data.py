@@ -64,6 +64,19 @@ def run(n: int, steps: int, work: Path) -> dict:
             "truth_quantisation_max_abs": float((pixels - truth).abs().max())}
 
 
+def _digits_note() -> str:
+    """Why the tables keep four decimals: they compare paths within one run; across machines the values move by the
+    rounding spread measured for the DSG suite (docs/results/precision.md)."""
+    from onmanifold_bench.spreads import load_suite_spread
+
+    loaded = load_suite_spread("dsg")
+    spreads = loaded["spreads"] if loaded else {}
+    moved = ", ".join(f"{m.upper()} {k.upper()} {spreads[(m, k)]:.2g}" for m in ("dsg", "dps") for k in ("psnr", "ssim") if (m, k) in spreads)
+    return ("Digits: the tables keep four decimals because they compare the paths within one run on one machine, where equal "
+            "means bit-identical. On another machine each value itself may move by its rounding spread (the DSG suite's "
+            f"digits probes, docs/results/precision.md: {moved or 'not measured'}); the differences between paths stay.")
+
+
 def page(result: dict, command: str, date: str) -> str:
     rows = [r for r in result["records"] if "path" in r]
     comps = [r for r in result["records"] if "compare" in r]
@@ -91,6 +104,8 @@ def page(result: dict, command: str, date: str) -> str:
         "`--operator inpaint` and `--images` add nothing. The PNG path equals the tensor of its own 8-bit pixels bit for bit; "
         "it differs from the bed's path only because 8-bit PNGs cannot hold the digits' 17 grey levels (x = k/8 - 1) exactly: "
         f"the images move by at most {result['truth_quantisation_max_abs']:.4f} on the [-1, 1] scale, and the numbers above show what that does.",
+        "",
+        _digits_note(),
         "",
         "Commands (run by the script):",
         "",
