@@ -73,8 +73,8 @@ def _digits_note() -> str:
     spreads = loaded["spreads"] if loaded else {}
     moved = ", ".join(f"{m.upper()} {k.upper()} {spreads[(m, k)]:.2g}" for m in ("dsg", "dps") for k in ("psnr", "ssim") if (m, k) in spreads)
     return ("Digits: the tables keep four decimals because they compare the paths within one run on one machine, where equal "
-            "means bit-identical. On another machine each value itself may move by its rounding spread (the DSG suite's "
-            f"digits probes, docs/results/precision.md: {moved or 'not measured'}); the differences between paths stay.")
+            "means bit-identical. On another machine each value itself may move by its rounding spread (the largest over the DSG "
+            f"suite's probes, docs/results/precision.md: {moved or 'not measured'}); the differences between paths stay.")
 
 
 def page(result: dict, command: str, date: str) -> str:
