@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the summary and page even when they hold fewer finished records than RESULTS_DIR/SUITE.json "
                          "(by default such a run refuses, so committed results are never lost)")
     bp.add_argument("--zetas", default=None, metavar="Z1,Z2,...",
-                    help="fronts only: the DPS strengths (increasing, > 0; default 0.3,1,3,10,30,100)")
+                    help="fronts only: the DPS strengths (increasing, > 0; default 0.3,1,3,10,30,100,300,1000,3000)")
     bp.add_argument("--rates", default=None, metavar="G1,G2,...",
                     help="fronts only: the DSG guidance rates g_r (increasing, in (0, 1]; default 0.05,0.1,0.2,0.4,0.7,1)")
     bp.add_argument("--measure-spread", action="store_true",
