@@ -154,7 +154,10 @@ def test_a_real_ctrl_c_while_sampling(tmp_path):
     """SIGINT to a running `onmanifold sample`: exit code 130, the interrupted line, no traceback, --out untouched."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "onmanifold", "sample", "gmm2d-mlp", "-n", "200000", "--steps", "100", "--batch-size", "200000",
-                             "--out", str(out)], stderr=subprocess.PIPE, text=True)
+                             "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                            # as at a terminal: a shell that starts jobs in the background (`cmd &`) hands them SIGINT ignored,
+                            # and Python then installs no KeyboardInterrupt handler at all
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = ""
     deadline = time.time() + 120
     while "sampling" not in err and time.time() < deadline:  # the progress bar: sampling has started
