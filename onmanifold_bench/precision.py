@@ -340,21 +340,10 @@ def _fronts_probes() -> list[Probe]:
 
 
 def _models_probes() -> list[Probe]:
-    from onmanifold.commands import sampler_for
-    from onmanifold.evaluate import bed_of_model, quality
+    from .foundation import model_quality
 
-    from .models import diffusion_model, on_cpu
-
-    def one(name: str, n: int):
-        def run():
-            loaded = diffusion_model(name)
-            sampler = sampler_for(loaded, min(50, loaded.schedule.T), eta=0.0)
-            x = on_cpu(sampler.sample(loaded.model, shape=loaded.sample_shape, num_samples=n, seed=1000, batch_size=500))
-            return quality(bed_of_model(name), x)
-
-        return run
-
-    return [Probe("models", name, f"{name}, DDIM-50 eta 0 (the suite's sampler), n = {n}", one(name, n))
+    return [Probe("models", name, f"{name}, DDIM-50 eta 0 (the suite's sampler), n = {n}",
+                  lambda name=name, n=n: model_quality(name, n))
             for name, n in (("gmm2d-mlp", 1000), ("digits-unet", 256), ("shapes-unet", 256))]
 
 
