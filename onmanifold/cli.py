@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="UNet channels per resolution (default: the bed's; one value per down block)")
     tc = trs.add_parser("classifier", help="a guidance or evaluation classifier", formatter_class=fmt,
                         description="Train the guidance classifier (ConvClassifier) or the independent evaluation classifier (ResidualClassifier) of a bed.")
-    tc.add_argument("--bed", default=None, choices=["digits", "shapes"], help="test bed (or --data)")
+    tc.add_argument("--bed", default=None, choices=["digits", "shapes", "mosaic"], help="test bed (or --data); mosaic: its tile-level eval classifier")
     tc.add_argument("--role", required=True, choices=["guidance", "eval"], help="guidance: followed by guided sampling; eval: scores samples (FD features, accuracy)")
     tc.add_argument("--out", required=True, help="output folder")
     tc.add_argument("--steps", type=int, default=3000, help="optimiser steps")

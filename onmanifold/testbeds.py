@@ -262,10 +262,11 @@ TESTBEDS: dict[str, TestBed] = {
         name="mosaic",
         sample_shape=(1, 64, 64),
         schedule_config=_PIXEL_SCHEDULE,
-        split_seeds={"val": 1555, "test": 1777, "reference": 1777, "floor": 1778, "ground-truth-check": 1779},
-        split_sizes={"val": 256, "test": 256, "reference": 1000, "floor": 1000, "ground-truth-check": 1000},
+        split_seeds={"val": 1555, "test": 1777, "reference": 1777, "floor": 1778, "ground-truth-check": 1779, "classifier-test": 1780},
+        split_sizes={"val": 256, "test": 256, "reference": 1000, "floor": 1000, "ground-truth-check": 1000, "classifier-test": 125},
         tasks=("box", "random", "sr", "blur"),
         model="mosaic-unet",
+        eval_classifier="mosaic-eval-classifier",  # tile-level (16x16): FD over the tiles (onmanifold.evaluate.eval_classifier)
     ),
 }
 

@@ -79,6 +79,14 @@ def _data_sampler(bed: str, generator: torch.Generator):
         from .data.mosaic import sample_mosaic
 
         return lambda b: (sample_mosaic(b, generator)[0], None)
+    if bed == "mosaic-tiles":  # the 16x16 tiles of fresh mosaics with their [type, size] (the tile-level eval classifier)
+        from .data.mosaic import GRID, sample_mosaic, split_tiles, tile_labels
+
+        def draw(b: int):
+            img, p = sample_mosaic(-(-b // (GRID * GRID)), generator)
+            return split_tiles(img)[:b], tile_labels(p)[:b]
+
+        return draw
     raise ValueError(f"bed: expected 'gmm2d', 'digits', 'shapes' or 'mosaic', got {bed!r}")
 
 
@@ -220,7 +228,7 @@ def train_diffusion(
         scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    draw = _data_sampler(bed, gen) if data is None else _user_sampler(data[train_part], None, gen)
+    draw = _data_sampler("mosaic-tiles" if bed == "mosaic" else bed, gen) if data is None else _user_sampler(data[train_part], None, gen)
     out = Path(out)
     t0 = time.time()
     losses: list[float] = []
@@ -362,8 +370,10 @@ def train_classifier(
         raise ValueError(f"role: expected 'guidance' or 'eval', got {role!r}")
     if (bed is None) == (data is None):
         raise ValueError("bed: give a test bed or data, not both or neither")
-    if bed is not None and bed not in ("digits", "shapes"):
-        raise ValueError(f"bed: expected 'digits' or 'shapes', got {bed!r}")
+    if bed is not None and bed not in ("digits", "shapes", "mosaic"):
+        raise ValueError(f"bed: expected 'digits', 'shapes' or 'mosaic', got {bed!r}")
+    if bed == "mosaic" and role != "eval":
+        raise ValueError("role: the mosaic bed has only a tile-level evaluation classifier (role='eval'); no guidance task uses a classifier there")
     _check_positive(steps=steps, batch_size=batch_size, lr=lr)
     if not (isinstance(save_every, int) and save_every >= 0):
         raise ValueError(f"save_every: expected an integer >= 0, got {save_every!r}")
@@ -383,14 +393,14 @@ def train_classifier(
     gen = torch.Generator().manual_seed(seed)
     if data is None:
         channels = 1
-        size, heads = (8, [10]) if bed == "digits" else (32, [3, 3])
+        size, heads = {"digits": (8, [10]), "shapes": (32, [3, 3]), "mosaic": (16, [3, 3])}[bed]
     else:
         heads = [num_classes]
     cls = ConvClassifier if role == "guidance" else ResidualClassifier
     model = cls(in_channels=channels, image_size=size, num_classes=heads)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    draw = _data_sampler(bed, gen) if data is None else _user_sampler(data[train_part], labels[train_part], gen)
+    draw = _data_sampler("mosaic-tiles" if bed == "mosaic" else bed, gen) if data is None else _user_sampler(data[train_part], labels[train_part], gen)
     max_noise = 0.3 if role == "guidance" else 0.05
     t0 = time.time()
     state_path = Path(out) / "training-state.pt"
@@ -448,11 +458,18 @@ def train_classifier(
 
 @torch.no_grad()
 def classifier_accuracy(model: torch.nn.Module, bed: str) -> dict[str, float]:
-    """Held-out accuracy per head: digits held-out split; 2000 fresh shapes (seed 12345) for shapes."""
+    """Held-out accuracy per head: digits held-out split; 2000 fresh shapes (seed 12345) for shapes; the 2000 tiles of
+    125 fresh mosaics (the ``classifier-test`` split) for mosaic."""
     if bed == "digits":
         x, y = get_testbed(bed).images("classifier-test")
         return {"digit": float((model(x).argmax(1) == y[:, 0]).float().mean())}
-    x, y = get_testbed(bed).images("classifier-test", 2000)
+    if bed == "mosaic":
+        from .data.mosaic import sample_mosaic, split_tiles, tile_labels
+
+        img, p = sample_mosaic(get_testbed(bed).split_sizes["classifier-test"], get_testbed(bed).generator("classifier-test"))
+        x, y = split_tiles(img), tile_labels(p)
+    else:
+        x, y = get_testbed(bed).images("classifier-test", 2000)
     logits = model(x)
     return {
         "type": float((logits[0].argmax(1) == y[:, 0]).float().mean()),
@@ -538,7 +555,7 @@ def train_time_predictor(
         net = TimeCNN(in_channels=1, image_size=8 if bed == "digits" else 32, num_timesteps=schedule.T, widths=list(widths), cond_classes=cond_classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    draw = _data_sampler(bed, gen) if data is None else _user_sampler(x_all[train_part], None, gen)
+    draw = _data_sampler("mosaic-tiles" if bed == "mosaic" else bed, gen) if data is None else _user_sampler(x_all[train_part], None, gen)
     t0 = time.time()
     losses: list[float] = []
     out = Path(out)

@@ -54,6 +54,8 @@ __all__ = [
     "render_mosaic",
     "sample_mosaic",
     "fit_mosaic",
+    "split_tiles",
+    "tile_labels",
 ]
 
 GRID = 4
@@ -132,12 +134,29 @@ def _background_basis() -> torch.Tensor:
 
 def _tiles(x: torch.Tensor) -> torch.Tensor:
     """``(n, 1, 64, 64) -> (n * GRID * GRID, TILE * TILE)``, tiles in row-major order."""
-    n = x.shape[0]
-    return x.reshape(n, GRID, TILE, GRID, TILE).permute(0, 1, 3, 2, 4).reshape(n * GRID * GRID, TILE * TILE)
+    return split_tiles(x).reshape(x.shape[0] * GRID * GRID, TILE * TILE)
 
 
 def _untile(t: torch.Tensor, n: int) -> torch.Tensor:
     return t.reshape(n, GRID, GRID, TILE, TILE).permute(0, 1, 3, 2, 4).reshape(n, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def split_tiles(x: torch.Tensor) -> torch.Tensor:
+    """The tiles of mosaics: ``(n, C, 64, 64) -> (n * 16, C, 16, 16)``, image-major, tiles in row-major order.
+
+    Rows ``16 i .. 16 i + 15`` are image ``i``'s tiles (what the tile-level evaluation classifier and its
+    Fréchet distance see, :class:`onmanifold.nets.networks.TiledFeatures`).
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[2:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"x: expected a tensor of shape (n, C, {IMAGE_SIZE}, {IMAGE_SIZE}), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    n, c = x.shape[:2]
+    return x.reshape(n, c, GRID, TILE, GRID, TILE).permute(0, 2, 4, 1, 3, 5).reshape(n * GRID * GRID, c, TILE, TILE)
+
+
+def tile_labels(params: MosaicParams) -> torch.Tensor:
+    """``(n * 16, 2)`` long: ``[type, size]`` of every tile, in the order of :func:`split_tiles`."""
+    return torch.stack([params.type.reshape(-1), params.size.reshape(-1)], dim=1).long()
 
 
 def render_mosaic(params: MosaicParams) -> torch.Tensor:

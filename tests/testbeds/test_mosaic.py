@@ -89,3 +89,35 @@ def test_bad_input_names_the_argument():
     p.cy[0, 0, 0] = 0
     with pytest.raises(ValueError, match="params: tile 0"):
         render_mosaic(p)
+
+
+def test_tiles_and_the_tile_evaluation_classifier():
+    """FD on mosaic is over tiles: ``split_tiles`` is image-major, row-major; the bundled tile classifier reads type and
+    size per tile; ``feature_rows`` gives one row per tile."""
+    import pytest
+    import torch
+
+    from onmanifold.data.mosaic import sample_mosaic, split_tiles, tile_labels
+    from onmanifold.evaluate import TiledFeatures, eval_classifier, feature_rows
+    from onmanifold.metrics import classifier_features
+    from onmanifold.train import train_classifier
+
+    x, p = sample_mosaic(3, torch.Generator().manual_seed(5))
+    tiles = split_tiles(x)
+    assert tiles.shape == (48, 1, 16, 16)
+    assert torch.equal(tiles[16 + 4 * 2 + 3], x[1, :, 32:48, 48:64])  # image 1, tile row 2, column 3
+    labels = tile_labels(p)
+    assert torch.equal(labels[16 + 4 * 2 + 3], torch.stack([p.type[1, 2, 3], p.size[1, 2, 3]]).long())
+    clf = eval_classifier("mosaic")
+    assert isinstance(clf, TiledFeatures)
+    with torch.no_grad():
+        type_logits, size_logits = clf(x)
+    assert torch.equal(type_logits.argmax(1), labels[:, 0]) and torch.equal(size_logits.argmax(1), labels[:, 1])
+    f = classifier_features(clf, x)
+    assert f.shape == (3, 16 * clf.classifier.feature_dim)
+    rows = feature_rows("mosaic", f)
+    assert torch.allclose(rows[16 + 11], classifier_features(clf.classifier, tiles[16 + 11 : 16 + 12])[0], atol=1e-5)
+    with pytest.raises(ValueError, match="x: expected a tensor of shape"):
+        split_tiles(x[:, :, :32])
+    with pytest.raises(ValueError, match="role: the mosaic bed has only a tile-level evaluation classifier"):
+        train_classifier("mosaic", "guidance", "unused")
