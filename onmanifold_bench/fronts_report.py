@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
+from typing import Sequence
 
 from onmanifold.nets.checkpoint import write_text_atomic
 
+from .runner import Cell
 from .tables import MetricFormat, decimals_for, format_value, markdown_table
 
 __all__ = ["write_fronts_report", "fronts_figure"]
@@ -97,20 +99,46 @@ def _claims(bed: str, a: dict, fm: MetricFormat) -> list[str]:
     return L
 
 
-def write_fronts_report(records: list[dict], results_dir, command: str, run_dir, protocol: str = "") -> Path:
-    """``docs/results/fronts.md``: the protocol (the suite's docstring), per bed the front figure, the points, the areas and the claims."""
+def _bed_notes(bed: str) -> list[str]:
+    """What a reader of ``bed``'s section must know beyond the protocol: where its decimals come from, what its time gap measures."""
+    L = []
+    if bed != "digits":
+        L.append("The decimals printed here follow the rounding spreads measured on the digits bed (the suite's spread probes are "
+                 "digits cells, docs/results/precision.md); this bed's own spread was not measured.")
+    if bed == "shapes-latent":
+        L.append("The latent model is guided through its VAE decoder; its time gap is that of the latent state under the latent time "
+                 "predictor `shapes-latent-time` (its held-out error is on docs/results/latent.md), and ASCED is not among its methods "
+                 "(the protocol says why).")
+    return [" ".join(L), ""] if L else []
+
+
+def write_fronts_report(records: list[dict], results_dir, command: str, run_dir, protocol: str = "",
+                        beds: Sequence[str] = ("digits", "shapes", "shapes-latent"), cells: Sequence[Cell] | None = None) -> Path:
+    """``docs/results/fronts.md``: the protocol (the suite's docstring), per bed the front figure, the points, the areas and the claims.
+
+    ``beds``: the suite's beds, in page order (a bed without a finished cell is listed as not run); ``cells``: the suite's
+    cell list: only records of those cells are counted and shown (a record of a cell the suite no longer has, e.g. of an
+    earlier layout, is left out), and each bed's count is out of its cells.
+    """
     results_dir = Path(results_dir)
+    if cells is not None:
+        keys = {c.key for c in cells}
+        records = [r for r in records if Cell.from_description(r["cell"]).key in keys]
     fm = MetricFormat("fronts")  # each point's accuracy, FD and time gap to the decimals its measured rounding spread supports
     L = ["# Accuracy–FD fronts across guidance strength", "", protocol.split("\n\n", 1)[-1].strip(), "", "Command(s):", "", "```", command, "```", "",
          f"Date: {_dt.date.today().isoformat()}", ""]
     analyses = {r["cell"]["setting"]["bed"]: r for r in records if r["cell"]["method"] == "fronts"}
-    for bed in ("digits", "shapes"):
+    for bed in beds:
         recs = [r for r in records if r["cell"]["setting"].get("bed") == bed]
+        L += [f"## {bed}", ""]
         if not recs:
+            L += [f"Not run: no cell of this bed has finished (`onmanifold bench fronts --only bed={bed}`).", ""]
             continue
         hours = sum(r["seconds"] for r in recs) / 3600
-        L += [f"## {bed}", "", f"Cells finished: {len(recs)}; compute: {hours:.1f} h of wall time summed over the cells (on a 2-core machine, "
+        total = "" if cells is None else f" of {sum(1 for c in cells if c.setting.get('bed') == bed)}"
+        L += [f"Cells finished: {len(recs)}{total}; compute: {hours:.1f} h of wall time summed over the cells (on a 2-core machine, "
               f"shared with other jobs while they ran).", ""]
+        L += _bed_notes(bed)
         if bed not in analyses:
             L += ["The analysis cell has not run yet (some points are missing).", ""]
             continue

@@ -44,7 +44,7 @@ from .runner import Cell, Suite, finished_records
 from .tables import MetricFormat, format_value, markdown_table
 from .timing import per_sample, timed
 
-__all__ = ["latent_suite", "latent_run", "CFG_SCALES"]
+__all__ = ["latent_suite", "latent_run", "decoded_samples", "unconditional", "CFG_SCALES"]
 
 BED = "shapes-latent"
 STEPS = 25
@@ -88,6 +88,25 @@ def _score(images: torch.Tensor, labels: torch.Tensor | None = None, type_only: 
     return out
 
 
+def decoded_samples(model, cond, n: int, seed: int, plugins, batch_size: int | None = None) -> tuple[torch.Tensor, float]:
+    """``(images on the CPU, seconds)``: ``n`` latents of the bed's model drawn by the folder's own DDIM sampler (``STEPS``
+    steps, eta = 1; ``model`` the UNet or a wrapper of it, ``cond`` its prompt embeddings, seeds ``seed``), decoded and
+    clamped to [-1, 1] on the model's device; the seconds are the sampling's (the decoding is not timed). The one
+    sampling recipe of this suite and of the fronts suite's latent bed."""
+    loaded = diffusion_model(BED)
+    z, sec = timed(loaded.sampler(STEPS, 1.0).sample, model, shape=loaded.sample_shape, num_samples=n, seed=seed, cond=cond, plugins=plugins,
+                   batch_size=batch_size)
+    with torch.no_grad():
+        images = on_cpu(loaded.decode(z).clamp(-1, 1))  # decoded on the model's device; scored on the CPU
+    return images, sec
+
+
+def unconditional(n: int) -> torch.Tensor:
+    """The empty prompt's embedding for ``n`` samples (the unconditional model, under loss guidance)."""
+    empty = diffusion_model(BED).encode_prompt("")
+    return empty.expand(n, *empty.shape[1:])
+
+
 def latent_run(kind: str, n: int, split: str = "test", scale: float | None = None, zeta: float = 1.0, g_r: float = 0.2,
                omega0: float | None = None, time_travel: int = 1, guidance: str = "none") -> dict:
     """One cell's samples and scores. ``kind``: ``cfg`` (prompted, CFG ``scale``), ``sr`` (super-resolution x4 through the
@@ -109,7 +128,7 @@ def latent_run(kind: str, n: int, split: str = "test", scale: float | None = Non
         cond = loaded.encode_prompt(bed.prompts(labels))
         model = loaded.model if scale == 1.0 else ClassifierFreeGuidance(loaded.model, scale, empty)
     else:
-        cond, model = empty.expand(n, *empty.shape[1:]), loaded.model
+        cond, model = unconditional(n), loaded.model
         if kind == "sr":
             truth, _ = bed.images(split, n)
             op = bed.make_task("sr", n, seed)
@@ -126,9 +145,7 @@ def latent_run(kind: str, n: int, split: str = "test", scale: float | None = Non
         plugins.append(DiffusionPosteriorSampling(loss, zeta, time_travel=time_travel))
     elif guidance == "dsg":
         plugins.append(SphericalGaussianGuidance(loss, g_r, 1, time_travel=time_travel))
-    z, sec = timed(loaded.sampler(STEPS, 1.0).sample, model, shape=loaded.sample_shape, num_samples=n, seed=seed, cond=cond, plugins=plugins)
-    with torch.no_grad():
-        images = on_cpu(loaded.decode(z).clamp(-1, 1))  # decoded on the model's device; scored on the CPU
+    images, sec = decoded_samples(model, cond, n, seed, plugins)
     out = {"s_per_sample": per_sample(sec, n)}
     if kind == "sr":
         out.update(psnr=float(metrics.psnr(images, truth).mean()), ssim=float(metrics.ssim(images, truth).mean()))
