@@ -23,6 +23,7 @@ from ..sampler import RunContext, SamplerPlugin, StepState
 from .config import CorrectionConfig, DetectorConfig
 from .correction import StateReplacement, TrajectoryAwareCorrection
 from .detector import DetectionResult, StreamingArtifactDetector
+from .reference import ReferenceChangeStatistics
 
 __all__ = ["AbnormalScoreCorrection"]
 
@@ -43,17 +44,20 @@ class AbnormalScoreCorrection(SamplerPlugin):
         seed: base seed of the correction noise (default: the run's).
         mask_transform: ``(result, sample_indices) -> M`` replaces the detected ``M`` handed to the correction
             (controls such as a moved or a whole-image mask); default: ``result.mask``.
+        reference: the detector's :class:`~onmanifold.artifacts.ReferenceChangeStatistics` for
+            ``normalization="reference"`` (beyond the paper, docs/methods/asced.md#V1).
 
     After a run: ``detector.results()`` (the detection) and ``corrector.corrected`` / ``corrector.corrected_area``.
     """
 
     def __init__(self, detector: DetectorConfig | str = "auto", correction: CorrectionConfig | str = "auto", method: str = "ttc",
-                 seed: int | None = None, mask_transform: MaskTransform | None = None) -> None:
+                 seed: int | None = None, mask_transform: MaskTransform | None = None,
+                 reference: ReferenceChangeStatistics | None = None) -> None:
         if method not in ("ttc", "state_replacement"):
             raise ValueError(f"method: expected 'ttc' or 'state_replacement', got {method!r}")
         if mask_transform is not None and not callable(mask_transform):
             raise TypeError(f"mask_transform: expected a callable (result, sample_indices) -> mask, got {type(mask_transform).__name__}")
-        self.detector = StreamingArtifactDetector(detector)
+        self.detector = StreamingArtifactDetector(detector, reference)
         if method == "ttc":
             self.corrector = TrajectoryAwareCorrection(self.detected_mask, correction, seed)
         else:

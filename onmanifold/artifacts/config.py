@@ -19,6 +19,11 @@ state T_d; 0.24, docs/methods/asced.md#D6), ``n_c = round(tc_frac N)`` (paper Fi
 ``abar`` is closest to :data:`TC_ALPHA_BAR`. The detection window closes at the correction step, so both configs
 carry ``tc_frac`` and ``tc_rule``; :class:`~onmanifold.artifacts.AbnormalScoreCorrection` refuses a pair that
 disagrees.
+
+Bad input, refused with a ``ValueError`` naming the setting: images too small for the detector's components or blur
+(:meth:`DetectorConfig.check_image_size`, in ``for_resolution`` and the detector's setup), a window outside the run's
+trajectory (:func:`check_window`, in the detector's setup). A ``normalization`` other than ``"per-image"`` is the
+variant beyond the paper (docs/methods/asced.md#V1).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ import numpy as np
 
 from ..sampler import DDIMSampler
 
-__all__ = ["DetectorConfig", "CorrectionConfig", "TC_ALPHA_BAR", "correction_step", "resolution_scale"]
+__all__ = ["DetectorConfig", "CorrectionConfig", "TC_ALPHA_BAR", "NORMALIZATIONS", "correction_step", "resolution_scale", "check_window"]
 
 TC_ALPHA_BAR = 0.0778  # abar at t = 500 of ADM's linear schedule: the paper's T_c for N = 25 (tc_rule="alpha_bar")
+NORMALIZATIONS = ("per-image", "reference", "batch")  # what a pixel's change is compared with (docs/methods/asced.md#V1)
 
 
 # ---------------------------------------------------------------------------------------------- shared checks and rules
@@ -87,6 +93,23 @@ def correction_step(tc_frac: float, tc_rule: str, num_steps: int, abar_of_steps:
     return int(round(tc_frac * num_steps))
 
 
+def check_window(n_d: int, n_c: int, num_steps: int, explicit: bool) -> None:
+    """Refuse a detection window outside a trajectory of ``num_steps`` steps (``ValueError`` naming the setting).
+
+    ``n_c`` must be a step of the trajectory (``0 <= n_c <= N - 1``: the step where the window closes and TTC
+    corrects) and ``0 <= n_d``. A window that holds no step pair (``n_c - n_d < 2``: the pairs are ``n_d < n < n_c``,
+    docs/methods/asced.md#D7) is refused when the fractions were chosen (``explicit``); the default fractions on a
+    very short trajectory (``N <= 4``) keep an empty window, as before.
+    """
+    if not 0 <= n_c <= num_steps - 1:
+        raise ValueError(f"tc_frac: the window closes at n_c = {n_c}, outside the trajectory's steps 0 .. {num_steps - 1} (N = {num_steps})")
+    if n_d < 0:
+        raise ValueError(f"td_frac: the window opens at n_d = {n_d} < 0")
+    if explicit and n_c - n_d < 2:
+        raise ValueError(f"td_frac: the detection window n_d < n < n_c holds no step pair for N = {num_steps} steps (n_d = {n_d}, "
+                         f"n_c = {n_c}); choose td_frac and tc_frac at least two steps apart")
+
+
 def _abar_of_steps(sampler: DDIMSampler) -> list[float]:
     return [sampler.schedule.alphas_cumprod[t] for t in sampler.timesteps]
 
@@ -107,6 +130,12 @@ class DetectorConfig:
             (``n_d = round(td_frac N)``; ``n_c`` by :func:`correction_step`).
         area_min, area_max: a component is kept iff ``area_min < area < area_max`` (strict).
         min_width: ``w``, a component must contain a full ``w x w`` block (1 disables).
+        normalization: what a pixel's change is compared with: ``"per-image"`` (the paper's and the official code's
+            test, the default), or, beyond the paper (docs/methods/asced.md#V1), ``"reference"`` (the per-pixel median
+            and MAD of normal trajectories at that step, :class:`~onmanifold.artifacts.ReferenceChangeStatistics`) or
+            ``"batch"`` (the per-pixel median and MAD over the batch's samples at that step).
+        pool_pixels: with ``"reference"`` or ``"batch"``, one median and MAD per step pooled over the pixels instead of
+            one per pixel.
     """
 
     quantity: str = "x0"
@@ -121,6 +150,8 @@ class DetectorConfig:
     area_min: int = 100
     area_max: int = 10_000
     min_width: int = 5
+    normalization: str = "per-image"
+    pool_pixels: bool = False
 
     def __post_init__(self) -> None:
         _choice(self, "quantity", ("x0", "weighted_score"))
@@ -137,10 +168,50 @@ class DetectorConfig:
         if self.area_max <= self.area_min + 1:
             raise ValueError(f"area_max: expected > area_min + 1 (strict band), got area_min={self.area_min}, area_max={self.area_max}")
         _integer(self, "min_width", 1)
+        if self.min_width * self.min_width >= self.area_max:
+            raise ValueError(f"min_width: a component holding a full {self.min_width}x{self.min_width} block has at least "
+                             f"{self.min_width * self.min_width} pixels, not below area_max = {self.area_max}: no component could be kept")
+        _choice(self, "normalization", NORMALIZATIONS)
+        if not isinstance(self.pool_pixels, bool):
+            raise ValueError(f"pool_pixels: expected True or False, got {self.pool_pixels!r}")
+        if self.pool_pixels and self.normalization == "per-image":
+            raise ValueError("pool_pixels: pools the statistics of normalization 'reference' or 'batch'; the per-image test "
+                             "already pools the image's pixels (set normalization or leave pool_pixels False)")
+
+    @property
+    def is_default_window(self) -> bool:
+        """True when the window is the default fractions' (``td_frac``, ``tc_frac`` and ``tc_rule`` left as they are)."""
+        return (self.td_frac, self.tc_frac, self.tc_rule) == (DetectorConfig.td_frac, DetectorConfig.tc_frac, DetectorConfig.tc_rule)
+
+    def check_image_size(self, height: int, width: int, name: str = "config") -> None:
+        """Refuse images of ``height x width`` in which this detector cannot work (``ValueError`` naming ``name.<setting>``).
+
+        * the blur reaches ``R = int(4 sigma + 0.5)`` pixels: ``R`` must be below ``min(H, W)`` (a wider kernel
+          folds the image onto itself and flattens every change);
+        * a kept component contains a full ``w x w`` block (``w <= min(H, W)``) and has more than ``area_min``
+          pixels: ``max(area_min + 1, w^2) <= H W``.
+        """
+        side = min(int(height), int(width))
+        radius = int(4.0 * self.sigma + 0.5) if self.sigma > 0 else 0
+        if radius >= side:
+            raise ValueError(f"{name}.sigma: the blur (sigma = {self.sigma}) reaches {radius} px, not less than the side of the "
+                             f"{height}x{width} images; use DetectorConfig.for_resolution({height}) or a smaller sigma")
+        if self.min_width > side:
+            raise ValueError(f"{name}.min_width: a kept component must hold a full {self.min_width}x{self.min_width} block, "
+                             f"larger than the {height}x{width} images")
+        smallest = max(self.area_min + 1, self.min_width * self.min_width)
+        if smallest > height * width:
+            raise ValueError(f"{name}.area_min: a kept component has more than area_min = {self.area_min} pixels (and a full "
+                             f"{self.min_width}x{self.min_width} block), more than the {height}x{width} images hold; "
+                             f"use DetectorConfig.for_resolution({height}) or a smaller area_min")
 
     @classmethod
     def for_resolution(cls, height: int, **overrides) -> "DetectorConfig":
-        """The spatial parameters scaled to ``height`` (module table); ``overrides`` set any field."""
+        """The spatial parameters scaled to ``height`` (module table); ``overrides`` set any field.
+
+        ``ValueError`` naming ``height`` when square images of that height cannot hold the detector's blur or one
+        kept component (:meth:`check_image_size`).
+        """
         s = resolution_scale(height)
         width = max(1, round(5 * s))
         if width == 1 and 16 < height < 64:
@@ -148,7 +219,12 @@ class DetectorConfig:
         area_min = max(1, round(100 * s * s))
         params = dict(sigma=max(2.0 * s, 0.5), area_min=area_min, area_max=max(round(10_000 * s * s), area_min + 2), min_width=width)
         params.update(overrides)
-        return cls(**params)
+        config = cls(**params)
+        try:
+            config.check_image_size(height, height)
+        except ValueError as e:
+            raise ValueError(f"height: {height}x{height} images are too small for the detector: {e}") from None
+        return config
 
     @classmethod
     def code_faithful(cls, **overrides) -> "DetectorConfig":

@@ -24,6 +24,18 @@ component contains a full ``w x w`` block; ``M`` = their union; the image is fla
 official code's ``get_artifact_mask`` (docs/methods/asced.md#R3; the project's decisions D1-D9 there); settings in
 :class:`~onmanifold.artifacts.DetectorConfig`.
 
+Beyond the paper (docs/methods/asced.md#V1): with ``DetectorConfig(normalization="reference")`` steps 3-6 compare each
+pixel's change ``D_n(i, j) = max_c D(c, i, j)`` with the median ``mu_n(i, j)`` and MAD ``s_n(i, j)`` of normal
+trajectories' change at that step and pixel (:class:`~onmanifold.artifacts.ReferenceChangeStatistics`), with
+``"batch"`` with those of the batch's samples (pooled across the batch, which the paper's test never does):
+
+    thr(i, j) = max(mu_n(i, j) + k * 1.4826 * s_n(i, j), a_min),   flag(i, j) = D_n(i, j) > thr(i, j),
+    Z <- max(Z, (D_n(i, j) - mu_n(i, j)) / (1.4826 s_n(i, j) + 1e-6))
+
+same ``k``, window, union, component filters and z-map semantics. With ``mu_n = med`` and ``s_n = mad`` of the image
+the variant is the paper's test, bit for bit. The pieces (frames, change maps, the threshold test) live in
+:mod:`onmanifold.artifacts.change`.
+
 Streaming: per sample only the previous frame, ``U`` and ``Z`` are kept, and only inside the window, so the
 memory does not grow with the number of steps (docs/methods/asced.md#D8). The per-step fractions ``f_n`` of every step (the phases) are
 recorded by :class:`~onmanifold.artifacts.FlagFractionMonitor`, not here.
@@ -35,43 +47,52 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..sampler import RunContext, SamplerPlugin, StepState
-from .config import DetectorConfig
-from .image_ops import ROBUST_SCALE, dilate_mask, filter_components, gaussian_blur_reflect, robust_threshold
+from .change import MIN_NORMAL_SAMPLES, change_map, frame_of, normal_change_statistics, pixel_change, threshold_test
+from .config import DetectorConfig, check_window
+from .image_ops import dilate_mask, filter_components, robust_median_mad
+from .reference import ReferenceChangeStatistics
 
 __all__ = ["StreamingArtifactDetector", "DetectionResult", "frame_of", "step_flags", "artifact_mask"]
 
 
-def frame_of(x0_hat: torch.Tensor, config: DetectorConfig, eps: torch.Tensor | None = None, abar_t: float | None = None) -> torch.Tensor:
-    """Frame ``F_n`` of a step in grey levels (float32): see the module docstring for the three variants."""
-    if config.quantity == "weighted_score":
-        if eps is None or abar_t is None:
-            raise ValueError("eps, abar_t: quantity='weighted_score' needs the model's eps and abar_t")
-        return 127.5 * (-math.sqrt((1.0 - abar_t) / abar_t) * eps.detach().float())
-    f = 127.5 * (x0_hat.detach().float() + 1.0)
-    if config.quantize:
-        f = f.clamp(0.0, 255.0).to(torch.uint8).float()  # uint8 conversion truncates toward zero
-    return f
+def step_flags(f_prev: torch.Tensor, f_cur: torch.Tensor, config: DetectorConfig,
+               normal: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-6 of one step pair: ``(flag (B, H, W) bool, z (B, H, W) float64)`` (module docstring).
 
-
-def step_flags(f_prev: torch.Tensor, f_cur: torch.Tensor, config: DetectorConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 1-5 of one step pair: ``(flag (B, H, W) bool, z (B, H, W) float64)``.
-
-    ``z = (max_c D - med) / (1.4826 mad + 1e-6)`` is the robust z-map (the AUROC score).
+    ``config.normalization`` chooses the centre and spread: ``"per-image"`` the image's ``(med, mad)`` over all its
+    ``C H W`` change values (the paper's test); ``"batch"`` the per-pixel median and MAD over the batch's samples
+    (at least 3); ``"reference"`` the given ``normal = (mu_n, s_n)``, each ``(H, W)``
+    (:meth:`ReferenceChangeStatistics.of_pair`). ``z = (max_c D - centre) / (1.4826 spread + 1e-6)`` is the robust
+    z-map (the AUROC score).
     """
-    d = (f_cur - f_prev).abs().double()
-    d = gaussian_blur_reflect(d, config.sigma, config.blur_channels)
-    thr, med, mad = robust_threshold(d, config.k, config.a_min)
-    dmax = d.amax(dim=1)
-    flag = dmax > thr[:, None, None]
-    z = (dmax - med[:, None, None]) / (ROBUST_SCALE * mad[:, None, None] + 1e-6)
-    return flag, z
+    d = change_map(f_prev, f_cur, config)
+    dmax = pixel_change(d)
+    if config.normalization == "per-image":
+        if normal is not None:
+            raise ValueError("normal: the per-image test compares with the image's own median and MAD; give normal only "
+                             "with config.normalization='reference'")
+        med, mad = robust_median_mad(d)
+        return threshold_test(dmax, med[:, None, None], mad[:, None, None], config.k, config.a_min)
+    if config.normalization == "batch":
+        if normal is not None:
+            raise ValueError("normal: normalization 'batch' takes the statistics from the batch; give normal only with 'reference'")
+        if dmax.shape[0] < MIN_NORMAL_SAMPLES:
+            raise ValueError(f"config.normalization: 'batch' takes the median and MAD over the batch's samples and needs at least "
+                             f"{MIN_NORMAL_SAMPLES} per batch, got {dmax.shape[0]}; sample larger batches or use 'reference'")
+        normal = normal_change_statistics(dmax, config.pool_pixels)
+    elif normal is None:
+        raise ValueError("normal: config.normalization='reference' compares with normal trajectories' (median, MAD) of the "
+                         "step pair: pass ReferenceChangeStatistics.of_pair(n)")
+    center, scale = normal
+    if tuple(center.shape) != tuple(dmax.shape[1:]) or tuple(scale.shape) != tuple(dmax.shape[1:]):
+        raise ValueError(f"normal: expected a median and MAD of shape {tuple(dmax.shape[1:])}, got {tuple(center.shape)} and {tuple(scale.shape)}")
+    return threshold_test(dmax, center, scale, config.k, config.a_min)
 
 
 def artifact_mask(union: torch.Tensor, config: DetectorConfig) -> torch.Tensor:
@@ -111,30 +132,61 @@ class StreamingArtifactDetector(SamplerPlugin):
 
     Args:
         config: a :class:`DetectorConfig`, or ``"auto"`` for :meth:`DetectorConfig.for_resolution` of the run's
-            sample height (resolved in :meth:`setup`, once per run).
+            sample height (resolved in :meth:`setup`, once per run; with a ``reference``, its
+            ``normalization="reference"`` and the reference's ``pool_pixels``).
+        reference: the :class:`ReferenceChangeStatistics` of ``normalization="reference"`` (beyond the paper,
+            docs/methods/asced.md#V1); moved to the run's device once, in :meth:`setup`. Required by that
+            normalization and refused by the others.
 
     The detector closes its window at the start of step ``n_c`` (or at the end of the batch if the window never
     closes): from then on :attr:`current` holds the batch's :class:`DetectionResult` (what
     :class:`~onmanifold.artifacts.AbnormalScoreCorrection` hands to TTC). After sampling, :meth:`results` holds
     the run's batches, concatenated; :meth:`setup` starts a new run (results are never accumulated across runs).
     Without a sampler, :meth:`begin`, :meth:`observe` and :meth:`finalize` run it on given frames.
+
+    Refused with a ``ValueError`` naming the setting: images too small for the config's blur or components
+    (:meth:`DetectorConfig.check_image_size`), a window outside the run's trajectory
+    (:func:`~onmanifold.artifacts.config.check_window`), a reference that does not describe the run.
     """
 
-    def __init__(self, config: DetectorConfig | str = "auto") -> None:
+    def __init__(self, config: DetectorConfig | str = "auto", reference: ReferenceChangeStatistics | None = None) -> None:
         if not (isinstance(config, DetectorConfig) or config == "auto"):
             raise TypeError(f"config: expected a DetectorConfig or 'auto', got {type(config).__name__}")
+        if reference is not None and not isinstance(reference, ReferenceChangeStatistics):
+            raise TypeError(f"reference: expected a ReferenceChangeStatistics or None, got {type(reference).__name__}")
         self.requested_config = config
         self.config: DetectorConfig | None = config if isinstance(config, DetectorConfig) else None
+        self.reference = reference
+        if self.config is not None:
+            self._check_normalization(self.config)
         self.n_d = self.n_c = self.num_steps = None
         self._batches: list[DetectionResult] = []
         self._start_batch([])
 
+    def _check_normalization(self, config: DetectorConfig) -> None:
+        if config.normalization == "reference" and self.reference is None:
+            raise ValueError("reference: config.normalization='reference' compares each pixel's change with normal trajectories; "
+                             "pass reference=ReferenceChangeStatistics.from_real_data(...)")
+        if config.normalization != "reference" and self.reference is not None:
+            raise ValueError(f"reference: given, but config.normalization is {config.normalization!r}; set normalization='reference' "
+                             "to use it")
+
     # ------------------------------------------------------------------ lifecycle
     def setup(self, run: RunContext) -> None:
+        if len(run.sample_shape) < 3:
+            raise ValueError(f"sample_shape: the detector watches images (channels, height, width), got {tuple(run.sample_shape)}")
+        height, width = int(run.sample_shape[-2]), int(run.sample_shape[-1])
         if self.requested_config == "auto":
-            self.config = DetectorConfig.for_resolution(int(run.sample_shape[-2]))
+            extra = {} if self.reference is None else dict(normalization="reference", pool_pixels=self.reference.config.pool_pixels)
+            self.config = DetectorConfig.for_resolution(height, **extra)
+        self._check_normalization(self.config)
+        self.config.check_image_size(height, width)
         self.num_steps = run.sampler.num_steps
         self.n_d, self.n_c = self.config.steps_of(run.sampler)
+        check_window(self.n_d, self.n_c, self.num_steps, explicit=not self.config.is_default_window)
+        if self.reference is not None:
+            self.reference.check_run(self.config, self.num_steps, (self.n_d, self.n_c), (height, width), run.sampler.timesteps)
+            self.reference = self.reference.to(run.device)
         self._batches = []
         self._start_batch([])
 
@@ -148,8 +200,10 @@ class StreamingArtifactDetector(SamplerPlugin):
             raise ValueError("config: begin() needs a DetectorConfig (the detector was built with 'auto')")
         if self.config.tc_rule != "fraction":
             raise ValueError("config.tc_rule: begin() computes n_c from tc_frac only; use a sampler for 'alpha_bar'")
+        self._check_normalization(self.config)
         self.num_steps = num_steps
         self.n_d, self.n_c = self.config.window(num_steps)
+        check_window(self.n_d, self.n_c, num_steps, explicit=not self.config.is_default_window)
         self._start_batch(sample_indices)
 
     def _start_batch(self, sample_indices: Sequence[int]) -> None:
@@ -181,6 +235,13 @@ class StreamingArtifactDetector(SamplerPlugin):
             raise RuntimeError("observe: call begin() or run the detector in a sampler first")
         if n != self._last_n + 1:
             raise ValueError(f"n: frames must arrive in order, expected {self._last_n + 1}, got {n}")
+        if x0_hat.dim() != 4:
+            raise ValueError(f"x0_hat: expected a (batch, channels, height, width) frame, got shape {tuple(x0_hat.shape)}")
+        if self._shape is None:  # the batch's first frame: the images must fit the config and the reference (setup checks a run's)
+            self.config.check_image_size(int(x0_hat.shape[-2]), int(x0_hat.shape[-1]))
+            if self.reference is not None:
+                self.reference.check_run(self.config, self.num_steps, (self.n_d, self.n_c), tuple(x0_hat.shape[-2:]))
+                self.reference = self.reference.to(x0_hat.device)
         self._last_n = n
         self._shape = (int(x0_hat.shape[0]), int(x0_hat.shape[-2]), int(x0_hat.shape[-1]))
         self._device = x0_hat.device
@@ -188,7 +249,8 @@ class StreamingArtifactDetector(SamplerPlugin):
             return
         frame = frame_of(x0_hat, self.config, eps, abar_t)
         if self.prev_frame is not None and n > self.n_d:
-            flag, z = step_flags(self.prev_frame, frame, self.config)
+            normal = self.reference.of_pair(n) if self.config.normalization == "reference" else None
+            flag, z = step_flags(self.prev_frame, frame, self.config, normal)
             self.union = flag if self.union is None else (self.union | flag)
             self.z = z if self.z is None else torch.maximum(self.z, z)
         self.prev_frame = frame
