@@ -34,9 +34,10 @@ __all__ = ["Cell", "Suite", "run_suite", "summarize", "SUITES", "run_bench_cli",
 
 
 def _suites() -> dict[str, Callable[..., Suite]]:
-    from . import asced, compose, dsg, foundation, fronts, latent, speed, tag
+    from . import asced, asced_mosaic, compose, dsg, foundation, fronts, latent, speed, tag
 
     return {"models": foundation.models_suite, "dsg": dsg.dsg_suite, "tag": tag.tag_suite, "asced": asced.asced_suite,
+            "asced-mosaic": asced_mosaic.asced_mosaic_suite,
             "compose": compose.compose_suite, "latent": latent.latent_suite, "fronts": fronts.fronts_suite,
             "speed": speed.speed_suite}
 
