@@ -397,7 +397,8 @@ def train_classifier(
     else:
         heads = [num_classes]
     cls = ConvClassifier if role == "guidance" else ResidualClassifier
-    model = cls(in_channels=channels, image_size=size, num_classes=heads)
+    # mosaic tiles (16x16, one shape on a gradient) need a narrow network; width 16 keeps the bundled package under its budget
+    model = cls(in_channels=channels, image_size=size, num_classes=heads, **({"width": 16} if bed == "mosaic" else {}))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     draw = _data_sampler("mosaic-tiles" if bed == "mosaic" else bed, gen) if data is None else _user_sampler(data[train_part], labels[train_part], gen)
