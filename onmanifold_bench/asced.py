@@ -60,10 +60,12 @@ SNAPSHOT_DIR = Path("runs/shapes-unet-snapshots")
 
 
 # ------------------------------------------------------------------------------------------ running one method
-def _sampler(loaded):
+def _sampler(loaded, steps: int | None = None):
+    """The protocol's sampler (docs/methods/asced.md#P1): DDIM with ``steps`` (default :data:`STEPS`) linspace steps,
+    eta = 0, clipped ``x0_hat`` (also the mosaic suite's, with its own step count)."""
     from onmanifold.sampler import DDIMSampler
 
-    return DDIMSampler(loaded.schedule, STEPS, eta=0.0, spacing="linspace", clamp_x0=True, data_range=(-1.0, 1.0))
+    return DDIMSampler(loaded.schedule, STEPS if steps is None else steps, eta=0.0, spacing="linspace", clamp_x0=True, data_range=(-1.0, 1.0))
 
 
 def config_for(bed: str, tc_frac: float = 0.48, variant: str | None = None):

@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from onmanifold.data.mosaic import IMAGE_SIZE
 from onmanifold.io import load_tensors, save_tensors_atomic
 from onmanifold.testbeds import get_testbed
 
-from .asced import _detection, _MovedMask, _repair_damage, _whole_image
+from .asced import _detection, _MovedMask, _quality_from_features, _ref_features, _repair_damage, _whole_image
+from .asced import _sampler as asced_sampler
 from .models import diffusion_model, on_cpu
 from .runner import Cell, Suite, finished_records
 from .timing import per_sample, timed
@@ -55,9 +57,7 @@ CORRECTIONS = ("asced", "asced-calibrated", "asced-normalised", "state-replaceme
 
 
 def _sampler(loaded):
-    from onmanifold.sampler import DDIMSampler
-
-    return DDIMSampler(loaded.schedule, STEPS, eta=0.0, spacing="linspace", clamp_x0=True, data_range=(-1.0, 1.0))
+    return asced_sampler(loaded, STEPS)
 
 
 def detector_config(normalisation: str = "per-image", window: tuple[int, int] | None = None):
@@ -65,13 +65,13 @@ def detector_config(normalisation: str = "per-image", window: tuple[int, int] | 
     from onmanifold.artifacts import DetectorConfig
 
     fractions = {} if window is None else {"td_frac": window[0] / STEPS, "tc_frac": window[1] / STEPS}
-    return DetectorConfig.for_resolution(64, normalization=normalisation, **fractions)
+    return DetectorConfig.for_resolution(IMAGE_SIZE, normalization=normalisation, **fractions)
 
 
 def correction_config(window: tuple[int, int] | None = None):
     from onmanifold.artifacts import CorrectionConfig
 
-    return CorrectionConfig.for_resolution(64, **({} if window is None else {"tc_frac": window[1] / STEPS}))
+    return CorrectionConfig.for_resolution(IMAGE_SIZE, **({} if window is None else {"tc_frac": window[1] / STEPS}))
 
 
 def _sample(loaded, n: int, first: int, plugins: list):
@@ -127,13 +127,13 @@ def asced_mosaic_suite(quick: bool = False, run_dir: str | Path = "runs/asced-mo
 
     def run_cell(cell: Cell) -> dict:
         m, n = cell.method, cell.setting.get("n")
+        if m == "summary":  # from the other cells' artifacts: no model needed
+            return _summary(cell.setting, shards, load_art, calibrated_window())
         loaded = diffusion_model(MODEL)
         if m == "calibration":
             return _calibration(loaded, n, artifact_of(cell))
         if m == "reference":
             return _reference(loaded, n, artifact_of(cell))
-        if m == "summary":
-            return _summary(cell.setting, shards, load_art, calibrated_window())
         first = cell.shard * n
         window = calibrated_window()
         if m == "original":
@@ -238,27 +238,12 @@ def _tile_features(x: torch.Tensor) -> np.ndarray:
     return f.reshape(x.shape[0], -1, classifier.classifier.feature_dim)
 
 
-def _reference_tiles() -> np.ndarray:
-    from onmanifold.evaluate import _reference_features
-
-    return _reference_features(BED, "heldout").double().numpy()
-
-
-def _quality(f: np.ndarray) -> dict:
-    from onmanifold import metrics
-
-    ref = _reference_tiles()
-    rows = f.reshape(-1, f.shape[-1])
-    p, r = metrics.precision_recall(torch.from_numpy(ref), torch.from_numpy(rows), k=3)
-    return {"fd": metrics.frechet_distance(rows, ref), "precision": p, "recall": r}
-
-
 def paired_bootstrap(feats: dict, gt_before: torch.Tensor, gt_after: dict, base: str, versus: str, resamples: int, seed: int = 0) -> dict:
     """95 % intervals over joint resamples of the seeds (whole images, with their 16 tiles):
     ``FD(m) - FD(base)`` for every method, and ``repair(m) - repair(versus)`` (repair: P(clean after | artifact before))."""
     from onmanifold import metrics
 
-    to_reference = metrics.FrechetReference(_reference_tiles())
+    to_reference = metrics.FrechetReference(_ref_features(BED))
     n = gt_before.shape[0]
     rng = np.random.default_rng(seed)
     before = gt_before.numpy()
@@ -303,7 +288,7 @@ def _summary(s: dict, shards: int, load_art, window) -> dict:
     after = {m: cat(m, "gt_has") for m in xs}
     table = {}
     for m in xs:
-        row = _quality(feats[m])
+        row = _quality_from_features(BED, feats[m].reshape(-1, feats[m].shape[-1]))
         row["gt_rate"] = float(after[m].float().mean())
         row["changed_rate"] = float((xs[m] != xs["original"]).flatten(1).any(1).float().mean())
         if m != "original":
@@ -313,7 +298,7 @@ def _summary(s: dict, shards: int, load_art, window) -> dict:
             corrected = cat(m, "corrected")
             row["corrected_rate"] = float(corrected.float().mean())
             row["renoised_pixels_mean_corrected"] = float(area[corrected].mean()) if corrected.any() else 0.0
-            row["renoised_share_of_image"] = float(area.sum() / (area.numel() * 64 * 64))
+            row["renoised_share_of_image"] = float(area.sum() / (area.numel() * IMAGE_SIZE * IMAGE_SIZE))
         table[m] = row
     for m in table:
         table[m]["delta_fd"] = table[m]["fd"] - table["original"]["fd"] if m != "original" else 0.0
